@@ -1,0 +1,51 @@
+"""fgjax: JAX-native, differentiable parametric CMB foreground component separation.
+
+A port of fgbuster (Poletti, Errard et al.) to JAX: SEDs parsed by SymPy and lambdified
+into JAX, a mixing-matrix builder, the spectral likelihood on Lineax, and fits driven by
+SciPy or optax. fgbuster's NumPy API lives in the separate package ``legacy_compat``.
+
+Precision: float64 is the reference (enable it with ``jax.config.update("jax_enable_x64",
+True)`` or the ``jax.enable_x64`` context); fgjax never flips it for you. float32 works and
+is what makes GPUs fast, with about 1e-6 relative accuracy on the SEDs.
+"""
+
+from ._bandpass import Frequencies, as_frequencies
+from ._constants import H_OVER_K, TCMB, UNSEEN, K_RJ_to_K_CMB, parse_units
+from ._mixing import MixingMatrix
+from ._sed import (
+    CMB,
+    AbstractComponent,
+    AnalyticComponent,
+    Dust,
+    FreeFree,
+    ModifiedBlackBody,
+    PowerLaw,
+    Synchrotron,
+    ThermalSZ,
+    make_broadcastable,
+    parse_sed_expression,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractComponent",
+    "AnalyticComponent",
+    "CMB",
+    "Dust",
+    "Frequencies",
+    "FreeFree",
+    "H_OVER_K",
+    "K_RJ_to_K_CMB",
+    "MixingMatrix",
+    "ModifiedBlackBody",
+    "PowerLaw",
+    "Synchrotron",
+    "TCMB",
+    "ThermalSZ",
+    "UNSEEN",
+    "as_frequencies",
+    "make_broadcastable",
+    "parse_sed_expression",
+    "parse_units",
+]
