@@ -117,8 +117,10 @@ def as_frequencies(nu) -> Frequencies:
         arr = jnp.atleast_1d(nu)
         if not jnp.issubdtype(arr.dtype, jnp.floating):
             arr = arr.astype(jnp.result_type(float))  # integers -> the default float
-    else:  # host data stays NumPy float64; its JAX dtype is decided where it is used
-        arr = np.atleast_1d(np.asarray(nu, dtype=np.float64))
+    else:  # host data stays NumPy (float64 unless given as float32); JAX casts where used
+        arr = np.atleast_1d(np.asarray(nu))
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float64)
     if arr.ndim != 1:
         raise ValueError(f"`nu` must have shape (n_freq,), got {arr.shape}.")
     if _is_concrete(arr):

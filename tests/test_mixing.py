@@ -1,0 +1,56 @@
+"""MixingMatrix: the pure JAX form, its derivatives and shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fgjax
+
+NU = np.array([27.0, 39.0, 93.0, 145.0, 225.0, 280.0])
+MM = fgjax.MixingMatrix(fgjax.CMB(), fgjax.Dust(353.0), fgjax.Synchrotron(23.0))
+X0 = jnp.array(MM.defaults)
+
+
+def test_pure_form_matches_eval_and_batches():
+    A = MM(NU, X0)
+    assert A.shape == (NU.size, 3)
+    np.testing.assert_allclose(A, MM.eval(NU, *X0), rtol=1e-15)
+    xs = X0[None, :] + jnp.linspace(-0.1, 0.1, 5)[:, None]
+    batched = jax.vmap(lambda x: MM(NU, x))(xs)
+    np.testing.assert_allclose(batched, MM(NU, xs), rtol=1e-14)
+    np.testing.assert_allclose(jax.jit(lambda x: MM(NU, x))(xs), batched, rtol=1e-14)
+
+
+def test_autodiff_jacobian_equals_compressed_columns():
+    jac = jax.jacfwd(lambda x: MM(NU, x))(X0)  # (n_freq, n_comp, n_param)
+    diff = MM.diff(NU, *X0)
+    for i, (col, c) in enumerate(zip(diff, MM.comp_of_param)):
+        assert col.shape == (NU.size, 1)
+        np.testing.assert_allclose(jac[:, c, i], col[:, 0], rtol=1e-13)
+        others = np.delete(np.asarray(jac[:, :, i]), c, axis=1)
+        np.testing.assert_array_equal(others, 0.0)
+    hess = jax.jacfwd(jax.jacfwd(lambda x: MM(NU, x)))(X0)
+    dd = MM.diff_diff(NU, *X0)
+    for i, ci in enumerate(MM.comp_of_param):
+        for j, cj in enumerate(MM.comp_of_param):
+            if ci == cj:
+                np.testing.assert_allclose(hess[:, ci, i, j], dd[i][j][:, 0], rtol=1e-12)
+            else:
+                assert dd[i][j].shape == (1, 1)
+
+
+def test_evaluators_follow_fgbuster_shapes():
+    xpix = np.tile(np.asarray(X0)[:, None], (1, 4))  # (n_param, n_pix)
+    A = MM.evaluator(NU, shape=(3, 4))(xpix.ravel())
+    assert A.shape == (4, NU.size, 3)
+    assert [d.shape for d in MM.diff_evaluator(NU)(X0)] == [(NU.size, 1)] * 3
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="argument 1 must be a component"):
+        fgjax.MixingMatrix(fgjax.CMB(), "dust")
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
+        MM(NU, jnp.ones(2))
+    with pytest.raises(TypeError, match="takes 3 parameters"):
+        MM.eval(NU, 1.0)
