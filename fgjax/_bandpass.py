@@ -46,17 +46,35 @@ def _is_concrete(x) -> bool:
 
 
 def _is_bandpass_list(nu) -> bool:
+    """A list/tuple whose every element is a band: 1-d frequencies (unit weights), a
+    ``(frequencies, weights)`` pair, or a ``(2, n)`` array stacking the two."""
     if not isinstance(nu, (list, tuple)) or len(nu) == 0:
         return False
-    return all(isinstance(b, (list, tuple)) and len(b) == 2 and np.ndim(b[0]) == 1 for b in nu)
+    return all(_is_band(b) for b in nu)
+
+
+def _is_band(b) -> bool:
+    if isinstance(b, (list, tuple)) and len(b) == 2 and all(np.ndim(a) == 1 for a in b):
+        return True
+    return np.ndim(b) == 1 and np.size(b) > 1 or (np.ndim(b) == 2 and np.shape(b)[0] == 2)
+
+
+def _band_arrays(band) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(band, (list, tuple)) and len(band) == 2 and np.ndim(band[0]) == 1:
+        return np.asarray(band[0], dtype=np.float64), np.asarray(band[1], dtype=np.float64)
+    band = np.asarray(band, dtype=np.float64)
+    if band.ndim == 1:  # frequencies only: unit transmission
+        return band, np.ones_like(band)
+    return band[0], band[1]
 
 
 def trapezoid_operator(bands) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated samples and the ``(n_band, n_sample)`` trapezoid-rule operator.
 
     Args:
-        bands: Sequence of ``(frequencies, weights)``; frequencies in GHz, 1-d, increasing or
-            not (the rule integrates in the given order, as ``numpy.trapezoid`` does).
+        bands: Sequence of bands, each ``(frequencies, weights)``, a ``(2, n)`` array, or bare
+            frequencies (unit weights); frequencies in GHz, integrated in the given order, as
+            ``numpy.trapezoid`` does.
 
     Raises:
         ValueError: a band has fewer than two samples, weights whose length differs from
@@ -65,7 +83,7 @@ def trapezoid_operator(bands) -> tuple[np.ndarray, np.ndarray]:
     nus, rows = [], []
     sizes = []
     for k, band in enumerate(bands):
-        f, w = (np.asarray(a, dtype=np.float64) for a in band)
+        f, w = _band_arrays(band)
         if f.ndim != 1 or w.ndim != 1:
             raise ValueError(f"bandpass {k}: frequencies and weights must be 1-d arrays.")
         if f.shape != w.shape:

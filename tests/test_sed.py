@@ -208,3 +208,17 @@ def test_names_that_sympy_reserves_for_functions_are_plain_parameters():
     comp = fgjax.AnalyticComponent("(nu / 100) ** beta * gamma")
     assert comp.params == ["beta", "gamma"]
     np.testing.assert_allclose(comp.eval(np.array([200.0]), 2.0, 3.0), [12.0])
+
+
+def test_bands_given_as_bare_frequencies_or_stacked_arrays():
+    comp = fgjax.AnalyticComponent("nu * a + nu**b + hundred", hundred=100)
+    bands = np.arange(1, 4)[:, None] * 10.0 * np.linspace(0.9, 1.1, 11)  # (3, 11)
+    weights = np.linspace(0.5, 1.5, bands.size).reshape(bands.shape)
+    f = lambda nu: nu * 2.0 + nu**1.5 + 100.0  # noqa: E731
+    bare = comp.eval(tuple(bands), 2.0, 1.5)  # unit weights
+    np.testing.assert_allclose(bare, [np.trapezoid(f(b), b * 1e9) for b in bands], rtol=1e-13)
+    stacked = tuple(np.stack([bands, weights], axis=1))  # each band a (2, n) array
+    np.testing.assert_allclose(
+        comp.eval(stacked, 2.0, 1.5),
+        [np.trapezoid(f(b) * w, b * 1e9) for b, w in zip(bands, weights)], rtol=1e-13,
+    )
