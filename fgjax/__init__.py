@@ -11,6 +11,12 @@ is what makes GPUs fast, with about 1e-6 relative accuracy on the SEDs.
 
 from ._bandpass import Frequencies, as_frequencies
 from ._constants import H_OVER_K, TCMB, UNSEEN, K_RJ_to_K_CMB, parse_units
+from ._instruments import (
+    Instrument,
+    available_instruments,
+    get_instrument,
+    standardize_instrument,
+)
 from ._mixing import MixingMatrix
 from ._sed import (
     CMB,
@@ -25,6 +31,9 @@ from ._sed import (
     make_broadcastable,
     parse_sed_expression,
 )
+from ._observation import get_noise_realization, get_observation, pixel_size_arcmin
+from ._sky import OfflineSky, get_sky, sky_emission
+from ._spectra import CMBSpectra, cmb_spectra
 
 __version__ = "0.1.0"
 
@@ -32,6 +41,18 @@ __all__ = [
     "AbstractComponent",
     "AnalyticComponent",
     "CMB",
+    "CMBSpectra",
+    "Instrument",
+    "OfflineSky",
+    "available_instruments",
+    "cmb_spectra",
+    "get_instrument",
+    "get_noise_realization",
+    "get_observation",
+    "get_sky",
+    "pixel_size_arcmin",
+    "sky_emission",
+    "standardize_instrument",
     "Dust",
     "Frequencies",
     "FreeFree",
