@@ -10,7 +10,14 @@ is what makes GPUs fast, with about 1e-6 relative accuracy on the SEDs.
 """
 
 from ._bandpass import Frequencies, as_frequencies
-from ._constants import H_OVER_K, TCMB, UNSEEN, K_RJ_to_K_CMB, parse_units
+from ._constants import (
+    H_OVER_K,
+    TCMB,
+    UNSEEN,
+    K_RJ_to_K_CMB,
+    K_RJ_to_K_CMB_expression,
+    parse_units,
+)
 from ._instruments import (
     Instrument,
     available_instruments,
@@ -58,6 +65,7 @@ __all__ = [
     "FreeFree",
     "H_OVER_K",
     "K_RJ_to_K_CMB",
+    "K_RJ_to_K_CMB_expression",
     "MixingMatrix",
     "ModifiedBlackBody",
     "PowerLaw",

@@ -123,7 +123,7 @@ class MixingMatrix(tuple):
                 f"`x` must have shape (..., {self.n_param}) for parameters {self.params}, "
                 f"got {x.shape}."
             )
-        return self.eval(nu, *(x[..., i] for i in range(self.n_param)))
+        return MixingMatrix.eval(self, nu, *(x[..., i] for i in range(self.n_param)))
 
     def diff(self, nu, *params) -> list | None:
         """Derivative of ``A`` with respect to each parameter: its component's column only.
@@ -164,7 +164,8 @@ class MixingMatrix(tuple):
 
         def f(param_array):
             p = jnp.asarray(param_array).reshape(shape)
-            return self.eval(freqs, *(p[i] for i in range(p.shape[0])))
+            # The class's own (pure JAX) methods: subclasses may wrap eval for NumPy users.
+            return MixingMatrix.eval(self, freqs, *(p[i] for i in range(p.shape[0])))
 
         return f
 
@@ -174,7 +175,7 @@ class MixingMatrix(tuple):
 
         def f(param_array):
             p = unpack(jnp.asarray(param_array))
-            return self.diff(freqs, *(p[i] for i in range(p.shape[0])))
+            return MixingMatrix.diff(self, freqs, *(p[i] for i in range(p.shape[0])))
 
         return f
 
@@ -184,6 +185,6 @@ class MixingMatrix(tuple):
 
         def f(param_array):
             p = unpack(jnp.asarray(param_array))
-            return self.diff_diff(freqs, *(p[i] for i in range(p.shape[0])))
+            return MixingMatrix.diff_diff(self, freqs, *(p[i] for i in range(p.shape[0])))
 
         return f

@@ -9,6 +9,15 @@ import fgjax
 
 from ._convert import x64
 
+H_OVER_K = fgjax.H_OVER_K
+"""h * 1e9 / k: frequencies in GHz."""
+
+K_RJ2K_CMB = fgjax.K_RJ_to_K_CMB_expression("nu")
+"""SymPy source of the K_RJ -> K_CMB factor at ``nu`` (GHz), for AnalyticComponent strings."""
+
+K_RJ2K_CMB_NU0 = K_RJ2K_CMB + " / " + fgjax.K_RJ_to_K_CMB_expression("nu0")
+"""The same factor divided by its value at ``nu0``."""
+
 __all__ = [
     "Component",
     "AnalyticComponent",

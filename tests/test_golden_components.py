@@ -36,7 +36,7 @@ _CONSTRUCTORS = {
     "comp_analytic_two_temp_dust": lambda: cm.AnalyticComponent(
         "f1 * (nu / nu0)**(1 + b1) * (exp(hk * nu0 / t1) - 1) / (exp(hk * nu / t1) - 1)"
         " + (1 - f1) * (nu / nu0)**(1 + b2) * (exp(hk * nu0 / t2) - 1) / (exp(hk * nu / t2) - 1)",
-        nu0=353.0, b2=1.6, hk=lc.component_model.fgjax.H_OVER_K,
+        nu0=353.0, b2=1.6, hk=cm.H_OVER_K,
     ),
     "comp_analytic_logexp": lambda: cm.AnalyticComponent(
         "amp * exp(-nu / nc) * log(nu / nu0) + log(1 + (nu / nu0)**q)", nu0=100.0
