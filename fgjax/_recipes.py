@@ -1,0 +1,1004 @@
+r"""Parametric component separation of HEALPix maps: fgbuster's recipes, batched in JAX.
+
+Recipes (fgbuster 2.0 semantics, same argument names):
+
+* :func:`basic_comp_sep`: noise from the instrument depths (prewhitening), one set of
+  spectral parameters for the whole sky (``nside=0``) or one per pixel of an nside map.
+* :func:`weighted_comp_sep`: noise from per-pixel variance maps.
+* :func:`adaptive_comp_sep`: any cluster map per parameter, all fitted jointly;
+  :func:`multi_res_comp_sep`: the clusters are the pixels of one nside per parameter.
+
+How a fit runs. The data are reduced once: pixels that share their mixing matrix form a
+*group* (a patch, or for adaptive fits a unique combination of clusters), and with a noise
+shared inside a group the likelihood depends on the data only through the per-group
+$\sum N^{-1} d d^T N^{-1}$ (the fast path of :mod:`fgjax._likelihood`; pixel-dependent
+noise takes the general per-pixel path). Independent patches are then fitted together by a
+batched damped Newton method with the exact (autodiff) Hessian, in one compiled
+``lax.while_loop`` (no Python loop over patches); joint fits assemble the full Hessian of
+all the cluster values from the per-group blocks. The likelihood, its by-products and the
+Fisher matrix all come from :mod:`fgjax._likelihood`.
+
+Outputs follow fgbuster's layout: pixel axis last, ``UNSEEN`` at bad pixels and at patches
+or clusters without a good pixel, ``mask_good``; ``Sigma`` is given for every scheme
+(per patch, or over all the cluster values of a joint fit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+from functools import partial
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _healpix as hpx
+from ._bandpass import as_frequencies
+from ._constants import UNSEEN
+from ._likelihood import DiagonalInvN, Wd, invAtNA, logL, logL_from_covariance
+from ._mixing import MixingMatrix
+
+__all__ = [
+    "SeparationResult",
+    "adaptive_comp_sep",
+    "basic_comp_sep",
+    "multi_res_comp_sep",
+    "weighted_comp_sep",
+]
+
+logger = logging.getLogger(__name__)
+
+_N_LINE_SEARCH = 10  # backtracking: step lengths 1, 1/2, ..., 2^-9 (then the patch stops)
+_DEFAULT_MAXITER = 200
+_DEC_TOL = 1e-4  # Newton decrement (-logL units): the last step is below 1e-2 sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparationResult:
+    r"""Output of the parametric recipes (NumPy arrays, fgbuster's layout).
+
+    Attributes:
+        params: Parameter labels (``'Dust.beta_d'``...).
+        x: Best-fit parameters: ``(n_param,)`` for a global fit, ``(n_param, n_patch)``
+            per patch; for adaptive / multi-resolution fits a list with one array of
+            cluster values per parameter. ``UNSEEN`` where no good pixel constrains it.
+        Sigma: Inverse Fisher matrix: ``(n_param, n_param)``, ``(n_param, n_param,
+            n_patch)`` per patch; ``(n_x, n_x)`` over the concatenated cluster values of a
+            joint fit.
+        Sigma_inv: The Fisher matrix, same layout.
+        s: Components, ``(n_comp, [n_stokes,] n_pix)``.
+        chi: Prewhitened residuals $L^T (d - A s)$, ``(n_freq, [n_stokes,] n_pix)``.
+        chi_dB: Per parameter, residuals projected on the prewhitened $\partial_i A s$,
+            ``([n_stokes,] n_pix)`` (basic and weighted recipes; ``None`` otherwise).
+        invAtNA: Component covariance $(A^T N^{-1} A)^{-1}$ (layout as fgbuster's, see
+            each recipe).
+        mask_good: Pixels used, ``(n_pix,)``.
+        x_map: Adaptive / multi-resolution fits: per parameter its map ``(n_pix,)``.
+        nit: Newton iterations (per patch for patch fits).
+        success: Converged (per patch for patch fits).
+        message: A short description of the outcome.
+    """
+
+    params: list
+    x: np.ndarray | list | None
+    Sigma: np.ndarray | None
+    Sigma_inv: np.ndarray | None
+    s: np.ndarray
+    chi: np.ndarray
+    chi_dB: list | None
+    invAtNA: np.ndarray
+    mask_good: np.ndarray
+    x_map: list | None = None
+    nit: np.ndarray | int = 0
+    success: np.ndarray | bool = True
+    message: str = ""
+
+
+# -- setup ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    mm: MixingMatrix
+    freqs: object
+    inst: object
+    d: np.ndarray  # (n_pix, S, n_freq), zero at bad pixels
+    bad: np.ndarray  # (n_pix,)
+    has_stokes: bool
+    nside: int | None
+
+
+def _setup(components, instrument, data, need_nside: bool) -> _Setup:
+    inst = hpx.standardize(instrument)
+    mm = components if isinstance(components, MixingMatrix) else MixingMatrix(*components)
+    freqs = as_frequencies(inst.frequency)
+    maps, bad = hpx.as_maps(data)
+    if maps.shape[0] != freqs.n_freq:
+        raise ValueError(
+            f"`data` has {maps.shape[0]} frequency maps (first axis) but `instrument` has "
+            f"{freqs.n_freq} frequencies."
+        )
+    if maps.ndim == 3 and maps.shape[1] not in (1, 2, 3):
+        raise ValueError(
+            f"`data` must have 1, 2 or 3 Stokes parameters (axis 1); got shape {maps.shape}."
+        )
+    try:
+        nside = hpx.check_nside_of_npix(maps.shape[-1])
+    except ValueError:
+        if need_nside:
+            raise
+        nside = None  # plain pixels: fine without depths and without patches
+    d = hpx.to_pixel_major(maps)
+    has_stokes = d.ndim == 3
+    if not has_stokes:
+        d = d[:, None, :]
+    d = np.where(bad[:, None, None], 0.0, d).astype(maps.dtype)
+    return _Setup(mm, freqs, inst, d, bad, has_stokes, nside)
+
+
+_NEWTON = (None, "newton")
+
+
+def minimize_method(kwargs: dict):
+    """The ``method`` keyword (``None`` or ``"newton"``: the batched Newton fit)."""
+    return kwargs.get("method")
+
+
+def _delegated(kwargs: dict) -> dict:
+    """Keywords for :mod:`fgjax._optimize` (``method`` other than the batched Newton)."""
+    return {k: kwargs[k] for k in ("method", "tol", "options", "callback") if k in kwargs}
+
+
+def _delegate_patches(setup, invN, group, n_group, X0, lo, hi, kwargs):
+    """Fit with :func:`fgjax._optimize.multi_comp_sep` / ``comp_sep`` (SciPy or optax)."""
+    from ._optimize import comp_sep, multi_comp_sep
+
+    mm, freqs = setup.mm, setup.freqs
+
+    def mixing(x):
+        return mm(freqs, x)
+
+    bounds = None
+    if np.isfinite(lo).any() or np.isfinite(hi).any():
+        bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, hi)]
+    d = jnp.asarray(setup.d)
+    if n_group == 1:
+        res = comp_sep(mixing, d, invN, jnp.asarray(X0[0]), bounds=bounds, **_delegated(kwargs))
+        x = jnp.asarray(res.x)[None]
+        return x, np.array([bool(res.success)]), np.array([int(res.nit)])
+    res = multi_comp_sep(
+        mixing, d, invN, jnp.asarray(X0), jnp.asarray(group), n_patch=n_group, bounds=bounds,
+        **_delegated(kwargs),
+    )  # fmt: skip
+    x = jnp.where(jnp.isfinite(res.x), res.x, jnp.asarray(X0))
+    return x, np.full(n_group, bool(res.success)), np.full(n_group, int(res.nit))
+
+
+def _parse_minimize_kwargs(kwargs: dict, n_param: int):
+    """maxiter, bounds and x0 from SciPy-style ``minimize`` keywords (others are ignored)."""
+    kwargs = dict(kwargs)
+    x0 = kwargs.pop("x0", None)
+    if kwargs.get("method") not in _NEWTON:
+        kwargs = {k: v for k, v in kwargs.items() if k in ("bounds", "options")}
+    options = dict(kwargs.pop("options", None) or {})
+    maxiter = int(options.pop("maxiter", _DEFAULT_MAXITER))
+    if maxiter < 0:
+        raise ValueError(f"`options['maxiter']` must be non-negative; got {maxiter}.")
+    bounds = kwargs.pop("bounds", None)
+    lo = np.full(n_param, -np.inf)
+    hi = np.full(n_param, np.inf)
+    if bounds is not None:
+        if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
+            lo = np.broadcast_to(np.asarray(bounds.lb, float), (n_param,)).copy()
+            hi = np.broadcast_to(np.asarray(bounds.ub, float), (n_param,)).copy()
+        else:
+            bounds = list(bounds)
+            if len(bounds) != n_param:
+                raise ValueError(
+                    f"`bounds` must have one (min, max) pair per parameter ({n_param}); got "
+                    f"{len(bounds)}."
+                )
+            for i, (a, b) in enumerate(bounds):
+                lo[i] = -np.inf if a is None else a
+                hi[i] = np.inf if b is None else b
+    ignored = sorted(k for k in kwargs if k not in ("method", "tol", "jac", "hess", "callback"))
+    ignored = [] if minimize_method(kwargs) not in _NEWTON else ignored
+    ignored += sorted(k for k in options if k not in ("disp", "gtol", "ftol", "xtol", "eps"))
+    if ignored:
+        logger.info("minimize keywords not used by the batched Newton fit: %s", ignored)
+    return maxiter, lo, hi, x0
+
+
+def _patch_x0(x0, mm: MixingMatrix, n_group: int, dtype) -> np.ndarray:
+    """Starting points (n_group, n_param): the defaults, or ``x0`` of shape (n_param,),
+    (n_param, n_patch) (fgbuster's output layout) or (n_patch, n_param)."""
+    if x0 is None:
+        return np.broadcast_to(_defaults(mm, dtype), (n_group, mm.n_param))
+    x0 = np.asarray(x0, dtype=dtype)
+    if x0.shape == (mm.n_param,):
+        return np.broadcast_to(x0, (n_group, mm.n_param))
+    if x0.shape == (mm.n_param, n_group):
+        return x0.T
+    if x0.shape == (n_group, mm.n_param):
+        return x0
+    raise ValueError(
+        f"`x0` must have shape ({mm.n_param},) or ({mm.n_param}, {n_group}); got {x0.shape}."
+    )
+
+
+# -- per-group objectives ---------------------------------------------------------------------
+# A "group" is a set of pixels sharing their parameters. theta: (n_group, n_param).
+def _mixing(mm, freqs, theta):
+    """A for each group: (n_group, n_freq, n_comp)."""
+    return mm.eval(freqs, *(theta[:, i] for i in range(mm.n_param)))
+
+
+def _fast_values(mm, freqs, pw, C, theta):
+    """-logL per group from data covariances C (n_group, S, n_freq, n_freq), whitened."""
+    A = _mixing(mm, freqs, theta)
+    Aw = pw[None, :, :, None] * A[:, None]  # (n_group, S, n_freq, n_comp)
+    val, singular = jax.vmap(logL_from_covariance)(Aw, C)
+    return -val, jnp.any(singular.reshape(singular.shape[0], -1), axis=-1)
+
+
+def _pixel_values(mm, freqs, n_group, group, d, n_inv, theta):
+    """-logL per group from per-pixel data d (n_pix, S, n_freq) and noise n_inv (same)."""
+    A = _mixing(mm, freqs, theta)[group]  # (n_pix, n_freq, n_comp)
+
+    def one(a, dp, n):
+        return logL(a, dp, DiagonalInvN(n), throw=False)
+
+    per_pix = jax.vmap(one)(A, d, n_inv)
+    singular = ~jnp.isfinite(per_pix)
+    val = jax.ops.segment_sum(jnp.where(singular, 0.0, per_pix), group, num_segments=n_group)
+    bad = jax.ops.segment_max(singular.astype(jnp.int32), group, num_segments=n_group) > 0
+    return -val, bad
+
+
+def _value_grad_hess(values, theta):
+    """Values, gradients and Hessians of a separable per-group objective.
+
+    ``values(theta) -> ((n_group,), flags)`` depends on row ``g`` of ``theta`` only, so
+    the gradient of the sum gives every group's gradient and ``n_param`` batched
+    Hessian-vector products give every group's Hessian.
+    """
+    n_param = theta.shape[-1]
+
+    def total(t):
+        v = values(t)[0]
+        return jnp.sum(v), v
+
+    def grad(t):
+        g, v = jax.grad(total, has_aux=True)(t)
+        return g, v
+
+    (g, f), lin = jax.linearize(grad, theta)
+    eye = jnp.eye(n_param, dtype=theta.dtype)
+    tangents = jnp.broadcast_to(eye[:, None, :], (n_param,) + theta.shape)
+    H = jax.vmap(lambda v: lin(v)[0])(tangents)  # (k, g, i)
+    return f, g, jnp.moveaxis(H, 0, -1)
+
+
+# -- batched damped Newton --------------------------------------------------------------------
+def _newton_direction(g, H):
+    """Newton step with |eigenvalues| (saddle-free), floored; and the Newton decrement."""
+    e, V = jnp.linalg.eigh(H)
+    scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True)
+    tiny = jnp.finfo(g.dtype).tiny
+    e_abs = jnp.maximum(jnp.abs(e), 1e-12 * scale + tiny)
+    coef = jnp.einsum("bji,bj->bi", V, g) / e_abs
+    p = -jnp.einsum("bij,bj->bi", V, coef)
+    return p, jnp.sum(coef * coef * e_abs, axis=-1)
+
+
+def _newton(vgh, fval, X0, lo, hi, maxiter):
+    r"""Minimise ``n_b`` independent problems ``(n_b, n_p)`` at once.
+
+    ``vgh(X) -> (f, g, H)`` of shapes ``(n_b,)``, ``(n_b, n_p)``, ``(n_b, n_p, n_p)``;
+    ``fval(X) -> (n_b,)`` (``inf`` where the mixing matrix is singular). Each iteration
+    backtracks (Armijo, step halved per problem until accepted); a problem stops after the
+    step whose Newton decrement $g^T H^{-1} g$ (the squared step in units of the
+    parameters' errors) is below ``_DEC_TOL`` or the resolution of its objective, or when no
+    step decreases it.
+    """
+    dtype = X0.dtype
+    n_b = X0.shape[0]
+    eps = jnp.finfo(dtype).eps
+    half = jnp.asarray(0.5, dtype)
+
+    def line_search(X, f, p, dec, skip):
+        def cond(ls):
+            _, accepted, _, _, k = ls
+            return (k < _N_LINE_SEARCH) & ~jnp.all(accepted)
+
+        def body(ls):
+            t, accepted, X_acc, f_acc, k = ls
+            trial = jnp.clip(X + t[:, None] * p, lo[None], hi[None])
+            ft = fval(trial)
+            ok = (ft <= f - 1e-4 * t * dec) & ~accepted
+            X_acc = jnp.where(ok[:, None], trial, X_acc)
+            f_acc = jnp.where(ok, ft, f_acc)
+            accepted = accepted | ok
+            return jnp.where(accepted, t, t * half), accepted, X_acc, f_acc, k + 1
+
+        init = (jnp.ones(n_b, dtype), skip, X, f, jnp.asarray(0))
+        t, accepted, X_acc, f_acc, _ = jax.lax.while_loop(cond, body, init)
+        return X_acc, f_acc, t, accepted & ~skip
+
+    def cond(state):
+        _, it, done, _, _ = state
+        return (it < maxiter) & ~jnp.all(done)
+
+    def body(state):
+        X, it, done, nit, dec_prev = state
+        f, g, H = vgh(X)
+        p, dec = _newton_direction(g, H)
+        converged = dec <= _DEC_TOL
+        # below the rounding of f, the line search cannot judge a step: take full Newton
+        # steps (gradient and Hessian are still accurate) while the decrement decreases
+        noisy = dec <= 1e3 * eps * (jnp.abs(f) + 1.0)
+        floor = noisy & (dec >= dec_prev)
+        X_ls, f_ls, t, moved = line_search(X, f, p, dec, done | noisy)
+        full = jnp.clip(X + p, lo[None], hi[None])
+        X_new = jnp.where(noisy[:, None], full, X_ls)
+        X_new = jnp.where((done | floor)[:, None], X, X_new)
+        nit = nit + (~done).astype(nit.dtype)
+        # a full step that no longer changes the objective: converged, or drifting along a
+        # flat direction (e.g. an unconstrained dust temperature) where nothing is gained
+        stalled = moved & (t == 1) & (f - f_ls <= 1e-12 * (jnp.abs(f) + 1.0))
+        failed = ~noisy & ~moved
+        done = done | converged | floor | failed | stalled | ~jnp.isfinite(dec)
+        return X_new, it + 1, done, nit, dec
+
+    inf = jnp.full((n_b,), jnp.inf, dtype)
+    init = (X0, jnp.asarray(0), jnp.zeros(n_b, bool), jnp.zeros(n_b, jnp.int32), inf)
+    X, _, done, nit, _ = jax.lax.while_loop(cond, body, init)
+    return X, done, nit
+
+
+# -- compiled fits ----------------------------------------------------------------------------
+@eqx.filter_jit
+def _fit_patches_fast(mm, freqs, pw, C, X0, lo, hi, maxiter):
+    """Independent fits, one per group (fast path)."""
+
+    def values(theta):
+        return _fast_values(mm, freqs, pw, C, theta)
+
+    def vgh(theta):
+        return _value_grad_hess(values, theta)
+
+    def fval(theta):
+        v, singular = values(theta)
+        return jnp.where(singular, jnp.inf, v)
+
+    return _newton(vgh, fval, X0, lo, hi, maxiter)
+
+
+@eqx.filter_jit
+def _fit_patches_pixel(mm, freqs, group, d, n_inv, X0, lo, hi, maxiter):
+    """Independent fits, one per group (per-pixel noise)."""
+    n_group = X0.shape[0]
+
+    def values(theta):
+        return _pixel_values(mm, freqs, n_group, group, d, n_inv, theta)
+
+    def vgh(theta):
+        return _value_grad_hess(values, theta)
+
+    def fval(theta):
+        v, singular = values(theta)
+        return jnp.where(singular, jnp.inf, v)
+
+    return _newton(vgh, fval, X0, lo, hi, maxiter)
+
+
+_FIRST_ROUND = 12  # Newton iterations for all the patches before the stragglers are compacted
+
+
+def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
+    """:func:`_fit_patches_fast`, with the patches still running after a first round
+    gathered into a smaller batch (a power of two) for the remaining iterations, so a few
+    slow patches do not cost a full batch per iteration. A host loop over rounds (at most
+    a few), never over patches."""
+    n_group = X0.shape[0]
+    first = min(maxiter, _FIRST_ROUND) if n_group > 64 else maxiter
+    X, done, nit = _fit_patches_fast(mm, freqs, pw, C, jnp.asarray(X0), lo, hi, jnp.asarray(first))
+    left = maxiter - first
+    done_np = np.asarray(done)
+    while left > 0 and not done_np.all():
+        idx = np.nonzero(~done_np)[0]
+        size = max(8, 1 << int(np.ceil(np.log2(idx.size))))
+        take = np.concatenate((idx, np.full(size - idx.size, idx[0])))
+        take_j = jnp.asarray(take)
+        Xs, ds, ns = _fit_patches_fast(mm, freqs, pw, C[take_j], X[take_j], lo, hi, jnp.asarray(left))
+        sel = jnp.asarray(idx)
+        X = X.at[sel].set(Xs[: idx.size])
+        nit = nit.at[sel].add(ns[: idx.size])
+        done = done.at[sel].set(ds[: idx.size])
+        done_np = np.asarray(done)
+        left = 0  # the second round ran to convergence or to maxiter
+    return X, done, nit
+
+
+def _joint_vgh(values, gidx, n_x, x):
+    """Value, gradient, Hessian of ``sum_g values(x[gidx])[g]`` in the joint parameters."""
+    theta = x[gidx]  # (n_group, n_param)
+    f, g, H = _value_grad_hess(values, theta)
+    g_x = jnp.zeros((n_x,), x.dtype).at[gidx].add(g)
+    H_x = jnp.zeros((n_x, n_x), x.dtype).at[gidx[:, :, None], gidx[:, None, :]].add(H)
+    return jnp.sum(f), g_x, H_x
+
+
+@eqx.filter_jit
+def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter):
+    """One joint fit of all the cluster values (fast path)."""
+    n_x = x0.shape[0]
+
+    def values(theta):
+        return _fast_values(mm, freqs, pw, C, theta)
+
+    def vgh(X):
+        f, g, H = _joint_vgh(values, gidx, n_x, X[0])
+        return f[None], g[None], H[None]
+
+    def fval(X):
+        v, singular = values(X[0][gidx])
+        return jnp.where(jnp.any(singular), jnp.inf, jnp.sum(v))[None]
+
+    X, done, nit = _newton(vgh, fval, x0[None], lo, hi, maxiter)
+    return X[0], done[0], nit[0]
+
+
+# -- deterministic outputs at the best fit ----------------------------------------------------
+def _separate(mm, freqs, theta, group, d, root):
+    """s, chi, chi_dB at ``theta`` (n_group, n_param), and the whitened A and dA per group.
+
+    Args:
+        root: Square root of the diagonal inverse noise, broadcastable to
+            ``(n_pix, S, n_freq)``.
+
+    Returns:
+        ``s`` (n_pix, S, n_comp), ``chi`` (n_pix, S, n_freq), ``chi_dB`` (n_param, n_pix, S)
+        or None, ``A`` (n_group, n_freq, n_comp), ``dA`` (n_group, n_param, n_freq, n_comp).
+    """
+    A = _mixing(mm, freqs, theta)  # (n_group, n_freq, n_comp)
+    Aw = root[..., None] * A[group][:, None]  # (n_pix, S, n_freq, n_comp)
+    dw = root * d
+    s = Wd(Aw, dw, None, throw=False)
+    chi = dw - jnp.einsum("psfc,psc->psf", Aw, s)
+    if mm.n_param == 0:
+        return s, chi, None, A, None
+    dA = jax.vmap(jax.jacfwd(lambda t: _mixing(mm, freqs, t[None])[0]))(theta)  # (g,f,c,i)
+    dA = jnp.moveaxis(dA, -1, 1)  # (n_group, n_param, n_freq, n_comp)
+    dAs = jnp.einsum("pifc,psc->ipsf", dA[group], s) * root[None]
+    norm = jnp.sqrt(jnp.sum(dAs * dAs, axis=-1))
+    chi_dB = jnp.sum(chi[None] * dAs, axis=-1) / norm
+    return s, chi, chi_dB, A, dA
+
+
+def _directional_fisher(loglike, n_param, dtype):
+    """-Hessian at t = 0 of ``loglike(t)`` (the mixing matrix moved linearly along dA)."""
+    return -jax.hessian(loglike)(jnp.zeros((n_param,), dtype))
+
+
+@eqx.filter_jit
+def _post_fast(mm, freqs, pw, theta, group, d, order, slot, n_group, max_count):
+    """Outputs of a fit with noise shared by the pixels of each group (prewhitening ``pw``).
+
+    ``invAtNA`` is per group and Stokes; the Fisher matrix is fgbuster's, per group: minus
+    the Hessian of logL for the noise-free data ``A s`` along the derivatives of ``A``.
+    """
+    s, chi, chi_dB, A, dA = _separate(mm, freqs, theta, group, d, pw[None])
+    Aw = pw[None, :, :, None] * A[:, None]  # (n_group, S, n_freq, n_comp)
+    inv = invAtNA(Aw, None, throw=False)
+    if mm.n_param == 0:
+        return s, chi, chi_dB, inv, None
+    model = jnp.einsum("psfc,psc->psf", Aw[group], s)
+    C = _padded_covariance(model, order, slot, n_group, max_count)
+    dAw = pw[None, None, :, :, None] * dA[:, :, None]  # (n_group, n_param, S, f, c)
+
+    def one(Aw_g, dAw_g, C_g):
+        return _directional_fisher(
+            lambda t: logL_from_covariance(Aw_g + jnp.tensordot(t, dAw_g, 1), C_g)[0],
+            mm.n_param,
+            Aw_g.dtype,
+        )
+
+    return s, chi, chi_dB, inv, jax.vmap(one)(Aw, dAw, C)
+
+
+@eqx.filter_jit
+def _post_pixel(mm, freqs, theta, group, d, n_inv, n_group):
+    """Outputs of a fit with per-pixel diagonal noise ``n_inv`` (n_pix, S, n_freq)."""
+    s, chi, chi_dB, A, dA = _separate(mm, freqs, theta, group, d, jnp.sqrt(n_inv))
+    Ap = A[group]  # (n_pix, n_freq, n_comp)
+    inv = invAtNA(Ap[:, None], DiagonalInvN(n_inv), throw=False)  # (n_pix, S, c, c)
+    if mm.n_param == 0:
+        return s, chi, chi_dB, inv, None
+    dAp = dA[group]
+
+    def one(Ap_, dAp_, s_, n_):
+        model = jnp.einsum("fc,sc->sf", Ap_, s_)
+        return _directional_fisher(
+            lambda t: logL(Ap_ + jnp.tensordot(t, dAp_, 1), model, DiagonalInvN(n_), throw=False),
+            mm.n_param,
+            Ap_.dtype,
+        )
+
+    F_pix = jax.vmap(one)(Ap, dAp, s, n_inv)
+    return s, chi, chi_dB, inv, jax.ops.segment_sum(F_pix, group, num_segments=n_group)
+
+
+def _padded_covariance(dw, order, slot, n_group: int, max_count: int):
+    """Per (group, Stokes) sums of outer products of whitened data: (n_group, S, f, f).
+
+    ``order`` sorts the pixels by group; ``slot`` is each sorted pixel's (group, position):
+    the pixels of each group are padded to ``max_count`` and reduced by one batched matrix
+    product, so memory stays about the size of the data (no per-pixel outer products).
+    """
+    S, n_freq = dw.shape[1:]
+    padded = jnp.zeros((n_group * max_count, S, n_freq), dw.dtype).at[slot].set(dw[order])
+    padded = padded.reshape(n_group, max_count, S, n_freq)
+    return jnp.einsum("gpsf,gpsk->gsfk", padded, padded)
+
+
+_group_covariance = partial(jax.jit, static_argnames=("n_group", "max_count"))(
+    _padded_covariance
+)
+
+
+def _grouping(group: np.ndarray, n_group: int):
+    """``(order, slot, max_count)`` of :func:`_padded_covariance` (host)."""
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group, minlength=n_group)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    max_count = max(int(counts.max()), 1)
+    g_sorted = group[order]
+    slot = g_sorted * max_count + (np.arange(group.size) - starts[g_sorted])
+    return jnp.asarray(order), jnp.asarray(slot), max_count
+
+
+# -- packing ----------------------------------------------------------------------------------
+def _pack_maps(values: np.ndarray, bad: np.ndarray, has_stokes: bool) -> np.ndarray:
+    """(n_pix, S, k) -> (k, [S,] n_pix) with UNSEEN at bad pixels."""
+    values = np.asarray(values, dtype=float)
+    if not has_stokes:
+        values = values[:, 0]
+    out = values.copy()
+    out[bad] = UNSEEN
+    return out.T
+
+
+def _pack_chi_dB(chi_dB, bad, has_stokes):
+    if chi_dB is None:
+        return None
+    out = []
+    for c in np.asarray(chi_dB, dtype=float):  # (n_pix, S)
+        c = c if has_stokes else c[:, 0]
+        c = c.copy()
+        c[bad] = UNSEEN
+        out.append(c.T)
+    return out
+
+
+def _safe_inverse(F: np.ndarray) -> np.ndarray:
+    """Inverse of each matrix; NaN where singular (reported as UNSEEN by the caller)."""
+    out = np.full_like(F, np.nan)
+    for_inv = np.isfinite(F).all(axis=(-2, -1))
+    with np.errstate(all="ignore"):
+        try:
+            out[for_inv] = np.linalg.inv(F[for_inv])
+        except np.linalg.LinAlgError:
+            for idx in zip(*np.nonzero(for_inv)):
+                try:
+                    out[idx] = np.linalg.inv(F[idx])
+                except np.linalg.LinAlgError:
+                    pass
+    return out
+
+
+def _defaults(mm: MixingMatrix, dtype) -> np.ndarray:
+    return np.asarray(mm.defaults, dtype=dtype)
+
+
+def _warn_x64(dtype) -> None:
+    if dtype != np.float64:
+        logger.warning("fitting in %s: enable x64 for fgbuster's float64 accuracy.", dtype)
+
+
+# -- basic / weighted -------------------------------------------------------------------------
+def _patch_groups(nside: int, setup: _Setup, name: str = "nside"):
+    if nside == 0:
+        return np.zeros(setup.d.shape[0], dtype=np.int64), 1
+    if setup.nside is None:
+        hpx.check_nside_of_npix(setup.d.shape[0])
+    nside = hpx.check_nside(nside, setup.nside, name)
+    return hpx.cluster_ids_from_nside(nside, setup.nside), 12 * nside**2
+
+
+def _finish_patches(setup, X, done, nit, F, group, n_group, nside, s, chi, chi_dB, inv):
+    """Pack a patch fit in fgbuster's layout (UNSEEN for empty patches)."""
+    mm = setup.mm
+    common = dict(
+        s=_pack_maps(s, setup.bad, setup.has_stokes),
+        chi=_pack_maps(chi, setup.bad, setup.has_stokes),
+        chi_dB=_pack_chi_dB(chi_dB, setup.bad, setup.has_stokes),
+        invAtNA=inv,
+        mask_good=~setup.bad,
+    )
+    if mm.n_param == 0:
+        return SeparationResult(params=[], x=None, Sigma=None, Sigma_inv=None, **common)
+    empty = hpx.empty_patches(group, setup.bad, n_group)
+    X = np.array(X, dtype=float)
+    F = np.array(F, dtype=float)
+    Sigma = _safe_inverse(F)
+    bad_fit = empty | ~np.isfinite(Sigma).all(axis=(-2, -1))
+    X[empty] = UNSEEN
+    Sigma[bad_fit] = UNSEEN
+    F[empty] = UNSEEN
+    if nside == 0:
+        x, Sigma, F = X[0], Sigma[0], F[0]
+        nit, done = int(np.asarray(nit)[0]), bool(np.asarray(done)[0])
+    else:
+        x, Sigma, F = X.T, Sigma.T, F.T
+        nit, done = np.asarray(nit), np.asarray(done)
+    message = "converged" if np.all(done) else "maximum number of iterations reached"
+    return SeparationResult(
+        params=mm.params, x=x, Sigma=Sigma, Sigma_inv=F, nit=nit, success=done, message=message,
+        **common,
+    )  # fmt: skip
+
+
+def _prewhitening(setup: _Setup) -> np.ndarray:
+    """(S, n_freq) prewhitening factors (ones without depths)."""
+    n_pix, S, n_freq = setup.d.shape
+    data_shape = (n_freq, S, n_pix) if setup.has_stokes else (n_freq, n_pix)
+    nside = setup.nside
+    if nside is None and (setup.inst.depth_i is not None or setup.inst.depth_p is not None):
+        nside = hpx.check_nside_of_npix(n_pix)  # depths need the pixel size: raises
+    pw = hpx.prewhiten_factors(setup.inst, data_shape, nside or 0)
+    if pw is None:
+        return np.ones((S, n_freq), dtype=setup.d.dtype)
+    return np.broadcast_to(np.asarray(pw, dtype=setup.d.dtype), (S, n_freq))
+
+
+def basic_comp_sep(
+    components, instrument, data, nside: int = 0, **minimize_kwargs
+) -> SeparationResult:
+    """Parametric separation with noise from the instrument depths (prewhitening).
+
+    Args:
+        components: Components (or a :class:`MixingMatrix`); the fit starts from their
+            ``defaults``.
+        instrument: Anything with ``frequency`` and optionally ``depth_i`` / ``depth_p``
+            (uK_CMB arcmin) as keys or attributes. Each channel is weighted by
+            ``(resol / depth)**2`` (resol: pixel size in arcmin); without depths, uniformly.
+        data: Maps ``(n_freq, [n_stokes,] n_pix)`` (T, QU or IQU: the same parameters for
+            all Stokes parameters); ``UNSEEN`` or masked entries mark bad pixels.
+        nside: 0 for one set of parameters; otherwise one per pixel of a HEALPix map of this
+            nside (``<=`` that of the data), fitted independently and all at once.
+        **minimize_kwargs: SciPy-style ``options={'maxiter': ...}`` and ``bounds``
+            (one ``(min, max)`` per parameter); ``x0`` (``(n_param,)`` or per patch
+            ``(n_param, n_patch)``) instead of the defaults; ``method``/``tol`` are
+            accepted and unused (the batched Newton fit runs to convergence).
+
+    Returns:
+        A :class:`SeparationResult`; ``invAtNA`` is ``([n_stokes,] n_comp, n_comp)`` for
+        ``nside=0`` and per pixel ``(n_pix, [n_stokes,] n_comp, n_comp)`` otherwise (not
+        masked), as fgbuster.
+    """
+    setup = _setup(components, instrument, data, need_nside=bool(nside))
+    mm = setup.mm
+    pw = _prewhitening(setup)
+    group, n_group = _patch_groups(nside, setup)
+    dtype = setup.d.dtype
+    _warn_x64(jnp.asarray(setup.d[:1]).dtype)
+    pw_j, d_j, group_j = jnp.asarray(pw), jnp.asarray(setup.d), jnp.asarray(group)
+    order, slot, max_count = _grouping(group, n_group)
+    theta = jnp.zeros((n_group, 0), dtype)
+    done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
+    if mm.n_param:
+        maxiter, lo, hi, x0 = _parse_minimize_kwargs(minimize_kwargs, mm.n_param)
+        C = _group_covariance(d_j * pw_j[None], order, slot, n_group, max_count)
+        X0 = _patch_x0(x0, mm, n_group, dtype)
+        if minimize_method(minimize_kwargs) in _NEWTON:
+            theta, done, nit = _fit_patches_in_rounds(
+                mm, setup.freqs, pw_j, C, X0, jnp.asarray(lo), jnp.asarray(hi), maxiter
+            )
+        else:
+            invN = DiagonalInvN(pw_j**2)  # (S, n_freq), the prewhitening as a noise
+            theta, done, nit = _delegate_patches(
+                setup, invN, group, n_group, X0, lo, hi, minimize_kwargs
+            )
+    s, chi, chi_dB, inv, F = _post_fast(
+        mm, setup.freqs, pw_j, theta, group_j, d_j, order, slot, n_group, max_count
+    )
+    inv = np.asarray(inv)
+    if not setup.has_stokes:
+        inv = inv[:, 0]
+    inv = inv[0] if nside == 0 else inv[group]
+    return _finish_patches(setup, theta, done, nit, F, group, n_group, nside, s, chi, chi_dB, inv)
+
+
+def weighted_comp_sep(
+    components, instrument, data, cov, nside: int = 0, **minimize_kwargs
+) -> SeparationResult:
+    """Parametric separation with per-pixel noise variances.
+
+    Args:
+        components: Components (or a :class:`MixingMatrix`).
+        instrument: Anything with ``frequency`` as a key or an attribute.
+        data: Maps ``(n_freq, [n_stokes,] n_pix)``; ``UNSEEN`` or masked entries are bad.
+        cov: Noise variance maps broadcastable to ``data`` (per frequency, Stokes and
+            pixel); ``UNSEEN`` or masked entries are bad.
+        nside: 0 for one set of parameters, else one per pixel of a map of this nside.
+        **minimize_kwargs: As :func:`basic_comp_sep`.
+
+    Returns:
+        A :class:`SeparationResult`; ``invAtNA`` per pixel ``(n_comp, n_comp, [n_stokes,]
+        n_pix)`` with ``UNSEEN`` at bad pixels, as fgbuster.
+    """
+    setup = _setup(components, instrument, data, need_nside=bool(nside))
+    mm = setup.mm
+    maps_shape = np.shape(data)
+    try:
+        cov_b = np.broadcast_to(cov, maps_shape) if not np.ma.isMaskedArray(cov) else cov
+        if np.ma.isMaskedArray(cov_b):
+            cov_b = np.ma.array(
+                np.broadcast_to(cov_b.data, maps_shape),
+                mask=np.broadcast_to(np.ma.getmaskarray(cov_b), maps_shape),
+            )
+    except ValueError:
+        raise ValueError(
+            f"`cov` must be broadcastable to `data` {maps_shape}; got shape {np.shape(cov)}."
+        ) from None
+    cov_arr, cov_bad = hpx.as_maps(cov_b, name="cov")
+    bad = setup.bad | cov_bad
+    cov_t = hpx.to_pixel_major(cov_arr)
+    if not setup.has_stokes:
+        cov_t = cov_t[:, None, :]
+    good_cov = cov_t[~bad]
+    if not np.all(np.isfinite(good_cov) & (good_cov > 0)):
+        raise ValueError("`cov` must be positive and finite at the pixels used.")
+    setup = dataclasses.replace(setup, bad=bad, d=np.where(bad[:, None, None], 0.0, setup.d))
+    n_inv = np.where(bad[:, None, None], 0.0, 1.0 / np.where(bad[:, None, None], 1.0, cov_t))
+    group, n_group = _patch_groups(nside, setup)
+    dtype = setup.d.dtype
+    empty = hpx.empty_patches(group, bad, n_group)
+    group_j, d_j, n_inv_j = jnp.asarray(group), jnp.asarray(setup.d), jnp.asarray(n_inv)
+    theta = jnp.zeros((n_group, 0), dtype)
+    done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
+    if mm.n_param:
+        maxiter, lo, hi, x0 = _parse_minimize_kwargs(minimize_kwargs, mm.n_param)
+        X0 = _patch_x0(x0, mm, n_group, dtype)
+        if minimize_method(minimize_kwargs) in _NEWTON:
+            theta, done, nit = _fit_patches_pixel(
+                mm, setup.freqs, group_j, d_j, n_inv_j, jnp.asarray(X0), jnp.asarray(lo),
+                jnp.asarray(hi), jnp.asarray(maxiter),
+            )  # fmt: skip
+        else:
+            theta, done, nit = _delegate_patches(
+                setup, DiagonalInvN(n_inv_j), group, n_group, X0, lo, hi, minimize_kwargs
+            )
+    s, chi, chi_dB, inv, F = _post_pixel(mm, setup.freqs, theta, group_j, d_j, n_inv_j, n_group)
+    inv = np.asarray(inv)  # (n_pix, S, n_comp, n_comp)
+    n_comp = mm.n_comp
+    inv = _pack_maps(inv.reshape(inv.shape[:2] + (-1,)), bad, setup.has_stokes)
+    inv = inv.reshape((n_comp, n_comp) + inv.shape[1:])
+    return _finish_patches(setup, theta, done, nit, F, group, n_group, nside, s, chi, chi_dB, inv)
+
+
+# -- adaptive / multi-resolution --------------------------------------------------------------
+def _checkpoint_start(checkpoint: dict, n_x: int):
+    """x0 and the iteration number from fgbuster-style checkpoint files, if any."""
+    odir = checkpoint.get("odir", "./")
+    os.makedirs(odir, exist_ok=True)
+    start = checkpoint.get("start")
+    if start is not None:
+        path = os.path.join(odir, f"iter_{int(start)}.npy")
+        if os.path.exists(path):
+            logger.warning("checkpoint: iteration %d loaded", int(start))
+            return np.load(path), int(start)
+    found = {}
+    for f in glob.glob(os.path.join(odir, "iter_*.npy")):
+        try:
+            found[int(os.path.splitext(os.path.basename(f))[0].split("_", 1)[1])] = f
+        except ValueError:
+            continue
+    if not found:
+        return None, 0
+    last = max(found)
+    logger.warning("checkpoint: highest iteration found is %d", last)
+    x0 = np.load(found[last])
+    if x0.shape != (n_x,):
+        raise ValueError(
+            f"checkpoint file {found[last]} holds shape {x0.shape}, expected ({n_x},)."
+        )
+    return x0, last
+
+
+def _delegate_joint(setup, pw_j, combos, x0, lo, hi, kwargs):
+    """Joint fit of the cluster values with :func:`fgjax._optimize.comp_sep`."""
+    from ._optimize import comp_sep
+
+    mm, freqs = setup.mm, setup.freqs
+    combos_j = jnp.asarray(combos)
+
+    def mixing(x):
+        return mm(freqs, x[combos_j])[:, None]  # (n_pix, 1, n_freq, n_comp)
+
+    bounds = None
+    if np.isfinite(lo).any() or np.isfinite(hi).any():
+        bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, hi)]
+    res = comp_sep(
+        mixing, jnp.asarray(setup.d), DiagonalInvN(pw_j**2), jnp.asarray(x0), bounds=bounds,
+        **_delegated(kwargs),
+    )  # fmt: skip
+    return jnp.asarray(res.x), bool(res.success), int(res.nit)
+
+
+def adaptive_comp_sep(
+    components, instrument, data, patch_ids, **minimize_kwargs
+) -> SeparationResult:
+    """Joint fit with one cluster map per parameter.
+
+    Args:
+        components: Components (or a :class:`MixingMatrix`) with ``n_param`` free parameters.
+        instrument: As :func:`basic_comp_sep` (prewhitening by the depths).
+        data: Maps ``(n_freq, [n_stokes,] n_pix)``.
+        patch_ids: ``n_param`` integer maps ``(n_pix,)``: the cluster of each pixel for each
+            parameter (ids ``>= 0``; cluster ``k`` of parameter ``i`` has one value).
+        **minimize_kwargs: ``options={'maxiter': ...}``, ``bounds`` (one pair per
+            parameter, applied to all its clusters), ``x0`` (the concatenated cluster
+            values, or one array per parameter), and fgbuster's ``checkpoint`` dict
+            (``odir``, ``start``, ``delta``): the fit saves ``odir/iter_<k>.npy`` every
+            ``delta`` iterations and restarts from iteration ``start`` (or the last saved).
+
+    Returns:
+        A :class:`SeparationResult` with ``x`` and ``x_map`` lists (one per parameter),
+        ``Sigma`` over the concatenated cluster values (``UNSEEN`` rows and columns for
+        clusters without a good pixel) and ``invAtNA`` per pixel
+        ``(n_pix, [n_stokes,] n_comp, n_comp)``.
+    """
+    setup = _setup(components, instrument, data, need_nside=True)
+    mm = setup.mm
+    n_pix = setup.d.shape[0]
+    if isinstance(patch_ids, np.ndarray) and patch_ids.ndim == 1:
+        patch_ids = [patch_ids]
+    patch_ids = list(patch_ids)
+    if len(patch_ids) != mm.n_param:
+        raise ValueError(
+            f"`patch_ids` must hold one cluster map per free parameter ({mm.n_param}: "
+            f"{mm.params}); got {len(patch_ids)}."
+        )
+    ids = [hpx.check_patch_ids(p, n_pix, f"patch_ids[{i}]") for i, p in enumerate(patch_ids)]
+    n_clusters = [int(i.max()) + 1 for i in ids]
+    offsets = np.concatenate(([0], np.cumsum(n_clusters)[:-1])).astype(np.int64)
+    n_x = int(np.sum(n_clusters))
+    combos = np.stack(ids, axis=1) + offsets[None, :]  # (n_pix, n_param) into x
+    gidx, group = np.unique(combos, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    n_group = gidx.shape[0]
+    dtype = setup.d.dtype
+    pw = _prewhitening(setup)
+    pw_j = jnp.asarray(pw)
+    d_j = jnp.asarray(setup.d)
+    order, slot, max_count = _grouping(group, n_group)
+    C = _group_covariance(d_j * pw_j[None], order, slot, n_group, max_count)
+
+    kwargs = dict(minimize_kwargs)
+    checkpoint = kwargs.pop("checkpoint", None)
+    maxiter, lo_p, hi_p, x0_user = _parse_minimize_kwargs(kwargs, mm.n_param)
+    lo = np.repeat(lo_p, n_clusters)
+    hi = np.repeat(hi_p, n_clusters)
+    x0 = np.repeat(_defaults(mm, dtype), n_clusters)
+    if x0_user is not None:
+        if isinstance(x0_user, (list, tuple)):
+            x0_user = np.concatenate([np.atleast_1d(np.asarray(v, dtype)) for v in x0_user])
+        x0_user = np.asarray(x0_user, dtype=dtype)
+        if x0_user.shape != (n_x,):
+            raise ValueError(
+                f"`x0` must hold the {n_x} cluster values (concatenated per parameter); got "
+                f"shape {x0_user.shape}."
+            )
+        x0 = x0_user
+    start = 0
+    if checkpoint is not None:
+        loaded, start = _checkpoint_start(checkpoint, n_x)
+        if loaded is not None:
+            x0 = np.asarray(loaded, dtype=dtype)
+            maxiter = max(maxiter - start, 0)
+    args = (mm, setup.freqs, pw_j, C, jnp.asarray(gidx))
+    bounds = (jnp.asarray(lo), jnp.asarray(hi))
+    if minimize_method(kwargs) not in _NEWTON:
+        if checkpoint is not None:
+            raise ValueError("`checkpoint` is supported with the default (Newton) fit only.")
+        x, done, nit = _delegate_joint(setup, pw_j, combos, x0, lo, hi, kwargs)
+    elif checkpoint is None:
+        x, done, nit = _fit_joint_fast(*args, jnp.asarray(x0), *bounds, jnp.asarray(maxiter))
+        nit = int(nit)
+    else:
+        delta = max(int(checkpoint.get("delta", 1)), 1)
+        odir = checkpoint.get("odir", "./")
+        x, done, nit = jnp.asarray(x0), False, 0
+        while nit < maxiter and not done:  # host loop over checkpoints, not over pixels
+            step = min(delta, maxiter - nit)
+            x, done, k = _fit_joint_fast(*args, x, *bounds, jnp.asarray(step))
+            nit += int(k) if bool(done) else step
+            done = bool(done)
+            np.save(os.path.join(odir, f"iter_{start + nit}.npy"), np.asarray(x))
+    x = np.asarray(x, dtype=float)
+    theta = jnp.asarray(x)[jnp.asarray(gidx)]
+    group_j = jnp.asarray(group)
+    s, chi, _, inv, H = _post_fast(
+        mm, setup.freqs, pw_j, theta, group_j, d_j, order, slot, n_group, max_count
+    )
+    inv = np.asarray(inv)
+    inv = inv[group] if setup.has_stokes else inv[group, 0]
+    # Fisher of all the cluster values, assembled from the per-group blocks
+    H = np.asarray(H)
+    F = np.zeros((n_x, n_x))
+    np.add.at(F, (gidx[:, :, None], gidx[:, None, :]), H)
+    empty = np.concatenate(
+        [np.bincount(i[~setup.bad], minlength=n)[:n] == 0 for i, n in zip(ids, n_clusters)]
+    )
+    keep = ~empty
+    Sigma = np.full((n_x, n_x), UNSEEN)
+    sub = _safe_inverse(F[np.ix_(keep, keep)][None])[0]
+    Sigma[np.ix_(keep, keep)] = np.where(np.isfinite(sub), sub, UNSEEN)
+    F[empty, :] = UNSEEN
+    F[:, empty] = UNSEEN
+    x_out = x.copy()
+    x_out[empty] = UNSEEN
+    xs = [x_out[o : o + n] for o, n in zip(offsets, n_clusters)]
+    x_map = []
+    for xi, i in zip(xs, ids):
+        m = xi[i].copy()
+        m[setup.bad] = UNSEEN
+        x_map.append(m)
+    return SeparationResult(
+        params=mm.params,
+        x=xs,
+        Sigma=Sigma,
+        Sigma_inv=F,
+        s=_pack_maps(s, setup.bad, setup.has_stokes),
+        chi=_pack_maps(chi, setup.bad, setup.has_stokes),
+        chi_dB=None,
+        invAtNA=inv,
+        mask_good=~setup.bad,
+        x_map=x_map,
+        nit=nit,
+        success=bool(done),
+        message="converged" if bool(done) else "maximum number of iterations reached",
+    )
+
+
+def multi_res_comp_sep(
+    components, instrument, data, nsides, **minimize_kwargs
+) -> SeparationResult:
+    """Joint fit where parameter ``i`` takes one value per pixel of an ``nsides[i]`` map.
+
+    Args:
+        components: Components (or a :class:`MixingMatrix`).
+        instrument: As :func:`basic_comp_sep`.
+        data: Maps ``(n_freq, [n_stokes,] n_pix)``.
+        nsides: One nside per free parameter (0: a single value), each ``<=`` the maps'.
+        **minimize_kwargs: As :func:`adaptive_comp_sep`.
+
+    Returns:
+        As :func:`adaptive_comp_sep` (``x[i]`` has ``12 * nsides[i]**2`` entries, 1 for 0).
+    """
+    maps_shape = np.shape(data)
+    if len(maps_shape) not in (2, 3):
+        raise ValueError(
+            f"`data` must have shape (n_freq, [n_stokes,] n_pix); got shape {maps_shape}."
+        )
+    nside_map = hpx.check_nside_of_npix(maps_shape[-1])
+    nsides = list(np.atleast_1d(nsides))
+    ids = [
+        hpx.cluster_ids_from_nside(hpx.check_nside(n, nside_map, f"nsides[{i}]"), nside_map)
+        for i, n in enumerate(nsides)
+    ]
+    return adaptive_comp_sep(components, instrument, data, ids, **minimize_kwargs)

@@ -1,0 +1,278 @@
+"""Native spectral likelihood and fits: oracles, fast path, transformations, bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fgjax
+from fgjax._likelihood import (
+    DiagonalInvN,
+    P,
+    W,
+    Wd,
+    data_covariance,
+    fisher_logL_dB_dB,
+    invAtNA,
+    logL,
+    logL_dB,
+    logL_from_covariance,
+    logL_noise_mismatch,
+)
+from fgjax._optimize import comp_sep, minimize, multi_comp_sep
+from fgjax._results import RESULTS
+
+NU = jnp.array([30.0, 44.0, 70.0, 100.0, 143.0, 217.0, 353.0])
+MM = fgjax.MixingMatrix(fgjax.CMB(), fgjax.Dust(nu0=353.0, temp=20.0), fgjax.Synchrotron(nu0=30.0))
+MIXING = functools.partial(MM, NU)
+X_TRUE = jnp.array([1.54, -3.0])
+N_PARAM = 2
+N_FREQ, N_COMP, N_PIX = 7, 3, 40
+
+
+def _sky(seed=0, n_pix=N_PIX, sigma=None):
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=(n_pix, 2, N_COMP)) * np.array([50.0, 30.0, 20.0])
+    sigma = np.linspace(0.5, 2.0, N_FREQ) if sigma is None else sigma
+    d = np.asarray(MIXING(X_TRUE)) @ s[..., None]
+    d = d[..., 0] + rng.normal(size=(n_pix, 2, N_FREQ)) * sigma
+    return jnp.asarray(d), jnp.asarray(1.0 / sigma**2)
+
+
+D_DATA, N_INV = _sky()
+INVN_FULL = jnp.diag(N_INV)
+
+
+def _analytic_logL_dB_and_fisher(A, A_dB_full, d, invN):
+    """fgbuster's closed forms (prewhitened SVD), NumPy: the oracle."""
+    L = np.linalg.cholesky(invN)
+    Ap = L.T @ A
+    u, e, vt = np.linalg.svd(Ap, full_matrices=False)
+    dp = d @ L  # (..., n_freq): L^T d per block
+    s = (dp @ u / e) @ vt  # Wd
+    Dd = dp - (dp @ u) @ u.T
+    grads, DAs = [], []
+    for Ai in A_dB_full:
+        Ais = s @ (L.T @ Ai).T  # (..., n_freq)
+        grads.append(np.sum(Ais * Dd))
+        DAs.append(Ais - (Ais @ u) @ u.T)
+    fisher = np.array([[np.sum(a * b) for b in DAs] for a in DAs])
+    return np.array(grads), fisher, s
+
+
+def test_autodiff_gradient_and_fisher_match_analytic_formulas():
+    A = np.asarray(MIXING(X_TRUE + 0.01))
+    J = np.asarray(jax.jacfwd(MIXING)(X_TRUE + 0.01))  # (n_freq, n_comp, n_param)
+    A_dB_full = [J[..., i] for i in range(N_PARAM)]
+    grad_ref, fisher_ref, s = _analytic_logL_dB_and_fisher(
+        A, A_dB_full, np.asarray(D_DATA), np.asarray(INVN_FULL)
+    )
+    cols = MM.comp_of_param
+    A_dB = [J[:, c : c + 1, i] for i, c in enumerate(cols)]
+    got = logL_dB(A, D_DATA, INVN_FULL, A_dB, cols)
+    np.testing.assert_allclose(got, grad_ref, rtol=1e-9)
+    # gradient in x through the mixing matrix: chain rule of the same quantity
+    gx = jax.grad(lambda x: logL(MIXING(x), D_DATA, INVN_FULL))(X_TRUE + 0.01)
+    np.testing.assert_allclose(gx, grad_ref, rtol=1e-9)
+    F = fisher_logL_dB_dB(A, s, A_dB, cols, INVN_FULL)
+    np.testing.assert_allclose(F, fisher_ref, rtol=1e-9)
+    # Hessian of -logL in x at the noise-free data A s equals the Fisher matrix
+    d_model = jnp.asarray(s @ A.T)
+    H = jax.hessian(lambda x: -logL(MIXING(x), d_model, INVN_FULL))(X_TRUE + 0.01)
+    np.testing.assert_allclose(H, fisher_ref, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("none", marks=pytest.mark.slow), "diag", "full"])
+def test_fast_path_equals_general_path(kind):
+    invN = {"none": None, "diag": DiagonalInvN(N_INV), "full": INVN_FULL}[kind]
+    C = data_covariance(D_DATA, invN)
+
+    def general(x):
+        return logL(MIXING(x), D_DATA, invN)
+
+    def fast(x):
+        return logL_from_covariance(MIXING(x), C, invN)[0]
+
+    x = X_TRUE + 0.02
+    np.testing.assert_allclose(fast(x), general(x), rtol=1e-12)
+    np.testing.assert_allclose(jax.grad(fast)(x), jax.grad(general)(x), rtol=1e-9)
+
+
+def test_patch_covariances_are_per_patch_sums():
+    ids = jnp.arange(N_PIX) % 3
+    C = data_covariance(D_DATA, INVN_FULL, ids)
+    for p in range(3):
+        np.testing.assert_allclose(C[p], data_covariance(D_DATA[ids == p], INVN_FULL), rtol=1e-12)
+
+
+def test_masked_pixels_change_nothing():
+    invN_pix = jnp.broadcast_to(INVN_FULL, (N_PIX, 1, N_FREQ, N_FREQ))
+    extra = jnp.concatenate([D_DATA, 1e3 * jnp.ones((5, 2, N_FREQ))])
+    invN_extra = jnp.concatenate([invN_pix, jnp.zeros((5, 1, N_FREQ, N_FREQ))])
+    A = MIXING(X_TRUE)
+    np.testing.assert_allclose(logL(A, extra, invN_extra), logL(A, D_DATA, invN_pix), rtol=1e-12)
+    g = jax.grad(lambda x: logL(MIXING(x), extra, invN_extra))(X_TRUE)
+    g0 = jax.grad(lambda x: logL(MIXING(x), D_DATA, invN_pix))(X_TRUE)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, g0, rtol=1e-10)
+    s = Wd(A, extra, invN_extra)
+    assert np.all(s[N_PIX:] == 0) and np.all(np.isfinite(s))
+    # diagonal masking too
+    diag = jnp.concatenate([jnp.broadcast_to(N_INV, (N_PIX, 1, N_FREQ)), jnp.zeros((5, 1, N_FREQ))])
+    np.testing.assert_allclose(
+        logL(A, extra, DiagonalInvN(diag)), logL(A, D_DATA, INVN_FULL), rtol=1e-12
+    )
+
+
+def test_jit_and_vmap_match_plain_calls():
+    A = MIXING(X_TRUE)
+    plain = jnp.stack([logL(A, D_DATA[i], INVN_FULL) for i in range(3)])
+    batched = jax.vmap(lambda d: logL(A, d, INVN_FULL))(D_DATA[:3])
+    np.testing.assert_allclose(batched, plain, rtol=1e-13)
+    np.testing.assert_allclose(
+        jax.jit(logL)(A, D_DATA, INVN_FULL), logL(A, D_DATA, INVN_FULL), rtol=1e-13
+    )
+
+
+def test_operator_identities():
+    A = MIXING(X_TRUE)
+    W_ = W(A, INVN_FULL)
+    np.testing.assert_allclose(W_ @ A, np.eye(N_COMP), atol=1e-10)
+    P_ = P(A, INVN_FULL)
+    np.testing.assert_allclose(P_ @ P_, P_, atol=1e-10)
+    np.testing.assert_allclose(
+        invAtNA(A, INVN_FULL), np.linalg.inv(A.T @ INVN_FULL @ A), rtol=1e-10
+    )
+    # noise bias: n_comp / 2 per block when the true noise is the assumed one
+    N_true = jnp.broadcast_to(jnp.linalg.inv(INVN_FULL), (5, N_FREQ, N_FREQ))
+    np.testing.assert_allclose(
+        logL_noise_mismatch(A, INVN_FULL, N_true), 5 * N_COMP / 2, rtol=1e-10
+    )
+
+
+def test_minimize_traces_objective_once():
+    traces = []
+
+    def counted(x, args):
+        traces.append(1)  # runs only while tracing
+        C, invN = args
+        return -logL_from_covariance(MIXING(x), C, invN)[0]
+
+    C = data_covariance(D_DATA, INVN_FULL)
+    res = minimize(counted, X_TRUE + 0.1, (C, INVN_FULL), method="L-BFGS-B")
+    assert res.nfev > 3
+    assert len(traces) == 1  # one trace of value_and_grad, reused by every step
+
+
+_FIT_KW = {"method": "L-BFGS-B", "options": {"ftol": 0.0, "gtol": 1e-10, "maxiter": 500}}
+
+
+def test_comp_sep_fast_and_pixel_paths_agree():
+    fast = comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE + 0.05, **_FIT_KW)
+    invN_pix = jnp.broadcast_to(INVN_FULL, (N_PIX, 1, N_FREQ, N_FREQ))
+    pix = comp_sep(MIXING, D_DATA, invN_pix, X_TRUE + 0.05, **_FIT_KW)
+    sigma = np.sqrt(np.diag(fast.Sigma))
+    assert np.all(np.abs(fast.x - pix.x) < 1e-3 * sigma)
+    np.testing.assert_allclose(fast.Sigma, pix.Sigma, rtol=1e-5)
+    assert fast.result == RESULTS.successful
+    assert np.all(np.abs(fast.x - X_TRUE) < 5 * sigma)  # statistically sound fit
+
+
+@pytest.mark.slow
+def test_optax_optimisers_reach_the_scipy_minimum():
+    ref = comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE + 0.05, **_FIT_KW)
+    sigma = np.sqrt(np.diag(ref.Sigma))
+    lb = comp_sep(
+        MIXING,
+        D_DATA,
+        INVN_FULL,
+        X_TRUE + 0.05,
+        method="optax.lbfgs",
+        options={"maxiter": 200, "ftol": 0.0, "gtol": 1e-6},
+    )
+    assert np.all(np.abs(lb.x - ref.x) < 1e-3 * sigma)
+    adam = comp_sep(
+        MIXING,
+        D_DATA,
+        INVN_FULL,
+        X_TRUE + 0.05,
+        method="optax.adam",
+        options={"maxiter": 3000, "learning_rate": 1e-3, "ftol": 0.0},
+    )
+    assert np.all(np.abs(adam.x - ref.x) < 0.1 * sigma)
+
+
+@pytest.mark.slow
+def test_multi_comp_sep_batched_equals_separate_fits():
+    ids = jnp.arange(N_PIX) % 2
+    res = multi_comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE + 0.05, ids, **_FIT_KW)
+    assert res.x.shape == (2, N_PARAM) and res.Sigma.shape == (2, N_PARAM, N_PARAM)
+    for p in range(2):
+        one = comp_sep(MIXING, D_DATA[ids == p], INVN_FULL, X_TRUE + 0.05, **_FIT_KW)
+        sigma = np.sqrt(np.diag(one.Sigma))
+        assert np.all(np.abs(res.x[p] - one.x) < 1e-3 * sigma)
+        np.testing.assert_allclose(res.Sigma[p], one.Sigma, rtol=1e-4)
+        # s moves with x (here by < 1e-3 sigma): compare at that level
+        np.testing.assert_allclose(res.s[ids == p], one.s, rtol=0, atol=1e-3 * np.abs(one.s).max())
+    # an empty patch gets nan parameters
+    res3 = multi_comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE + 0.05, ids, n_patch=3, **_FIT_KW)
+    assert np.all(np.isnan(res3.x[2])) and np.all(np.isfinite(res3.x[:2]))
+
+
+def _degenerate(x):
+    """Dust and twice dust: two proportional columns whatever the parameters."""
+    A = MIXING(x)
+    return jnp.stack([A[:, 0], A[:, 1], 2.0 * A[:, 1]], axis=-1)
+
+
+def test_degenerate_mixing_matrix_raises_on_direct_call():
+    A = _degenerate(X_TRUE)
+    with pytest.raises(Exception, match="singular"):
+        logL(A, D_DATA, INVN_FULL)
+    assert np.isnan(logL(A, D_DATA, INVN_FULL, throw=False))
+
+
+@pytest.mark.slow
+def test_degenerate_mixing_matrix_is_a_status_in_a_fit():
+    res = comp_sep(_degenerate, D_DATA, INVN_FULL, X_TRUE, method="L-BFGS-B")
+    assert res.result == RESULTS.singular  # a status, not a crash
+
+
+def test_bad_input_names_the_argument():
+    A = MIXING(X_TRUE)
+    with pytest.raises(ValueError, match="`d`"):
+        logL(A, D_DATA[..., :-1], INVN_FULL)
+    with pytest.raises(ValueError, match="`invN`"):
+        logL(A, D_DATA, INVN_FULL[:-1])
+    with pytest.raises(ValueError, match="leading"):
+        logL(jnp.broadcast_to(A, (3, N_FREQ, N_COMP)), D_DATA, INVN_FULL)
+    with pytest.raises(ValueError, match="`x0`"):
+        comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE[:1])
+    with pytest.raises(ValueError, match="`d`.*NaN"):
+        comp_sep(MIXING, D_DATA.at[0, 0, 0].set(jnp.nan), INVN_FULL, X_TRUE)
+    with pytest.raises(ValueError, match="symmetric"):
+        comp_sep(MIXING, D_DATA, INVN_FULL.at[0, 1].set(1.0), X_TRUE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["BFGS", "TNC", "Newton-CG", "trust-constr", "trust-exact"])
+def test_scipy_methods_reach_the_same_minimum(method):
+    ref = comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE + 0.05, **_FIT_KW)
+    sigma = np.sqrt(np.diag(ref.Sigma))
+    kw = {"bounds": [(0.5, 3.0), (-5.0, -1.0)]} if method in ("TNC", "trust-constr") else {}
+    res = comp_sep(MIXING, D_DATA, INVN_FULL, X_TRUE + 0.05, method=method, tol=1e-12, **kw)
+    assert np.all(np.abs(res.x - ref.x) < 1e-2 * sigma)
+
+
+@pytest.mark.slow
+def test_multi_comp_sep_per_pixel_diagonal_noise_and_mask():
+    ids = jnp.arange(N_PIX) % 2
+    diag = jnp.broadcast_to(N_INV, (N_PIX, 1, N_FREQ)).at[:3].set(0.0)  # 3 masked pixels
+    res = multi_comp_sep(MIXING, D_DATA, DiagonalInvN(diag), X_TRUE + 0.05, ids, **_FIT_KW)
+    full = jnp.broadcast_to(INVN_FULL, (N_PIX, 1, N_FREQ, N_FREQ)).at[:3].set(0.0)
+    ref = multi_comp_sep(MIXING, D_DATA, full, X_TRUE + 0.05, ids, **_FIT_KW)
+    sigma = np.sqrt(np.diagonal(ref.Sigma, axis1=-2, axis2=-1))
+    assert np.all(np.abs(res.x - ref.x) < 1e-3 * sigma)
+    assert np.all(res.s[:3] == 0) and np.all(np.isfinite(res.chi_dB[0]))
