@@ -24,6 +24,24 @@ from ._instruments import (
     get_instrument,
     standardize_instrument,
 )
+from ._likelihood import (
+    D,
+    DiagonalInvN,
+    P,
+    P_dBdB,
+    W,
+    W_dB,
+    W_dBdB,
+    Wd,
+    data_covariance,
+    fisher_logL_dB_dB,
+    invAtNA,
+    logL,
+    logL_dB,
+    logL_from_covariance,
+    logL_noise_mismatch,
+    whiten,
+)
 from ._mixing import MixingMatrix
 from ._sed import (
     CMB,
@@ -38,6 +56,8 @@ from ._sed import (
     make_broadcastable,
     parse_sed_expression,
 )
+from ._optimize import comp_sep, minimize, multi_comp_sep
+from ._results import RESULTS, CompSepResult, MinimizeResult
 from ._observation import get_noise_realization, get_observation, pixel_size_arcmin
 from ._sky import OfflineSky, get_sky, sky_emission
 from ._spectra import CMBSpectra, cmb_spectra
@@ -45,6 +65,28 @@ from ._spectra import CMBSpectra, cmb_spectra
 __version__ = "0.1.0"
 
 __all__ = [
+    "D",
+    "DiagonalInvN",
+    "P",
+    "P_dBdB",
+    "W",
+    "W_dB",
+    "W_dBdB",
+    "Wd",
+    "data_covariance",
+    "fisher_logL_dB_dB",
+    "invAtNA",
+    "logL",
+    "logL_dB",
+    "logL_from_covariance",
+    "logL_noise_mismatch",
+    "whiten",
+    "comp_sep",
+    "minimize",
+    "multi_comp_sep",
+    "RESULTS",
+    "CompSepResult",
+    "MinimizeResult",
     "AbstractComponent",
     "AnalyticComponent",
     "CMB",
