@@ -24,6 +24,17 @@ from ._instruments import (
     get_instrument,
     standardize_instrument,
 )
+from ._cosmology import (
+    RLikelihood,
+    XForecastResult,
+    fit_r,
+    get_post_comp_sep_power,
+    get_statistical_information,
+    harmonic_xForecast,
+    r_likelihood,
+    sigma_r_68cl,
+    xForecast,
+)
 from ._likelihood import (
     D,
     DiagonalInvN,
@@ -65,6 +76,15 @@ from ._spectra import CMBSpectra, cmb_spectra
 __version__ = "0.1.0"
 
 __all__ = [
+    "RLikelihood",
+    "XForecastResult",
+    "fit_r",
+    "get_post_comp_sep_power",
+    "get_statistical_information",
+    "harmonic_xForecast",
+    "r_likelihood",
+    "sigma_r_68cl",
+    "xForecast",
     "D",
     "DiagonalInvN",
     "P",
