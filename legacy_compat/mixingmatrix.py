@@ -14,11 +14,13 @@ __all__ = ["MixingMatrix"]
 
 def _numpy_closure(jax_fn):
     """Wrap a pure JAX closure so it takes and returns NumPy in float64; keep the JAX twin
-    as ``.jax`` so legacy_compat's algebra can trace through it."""
+    as ``.jax`` so legacy_compat's algebra can trace through it. The NumPy form is compiled
+    (once per input shape): scripts call evaluators over and over, e.g. inside SciPy loops."""
+    compiled = jax.jit(jax_fn)
 
     def f(param_array):
         with jax.enable_x64(True):
-            return to_numpy(jax_fn(np.asarray(param_array, dtype=np.float64)))
+            return to_numpy(compiled(np.asarray(param_array, dtype=np.float64)))
 
     f.jax = jax_fn
     return f
