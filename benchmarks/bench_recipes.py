@@ -48,9 +48,10 @@ def make_maps(nside: int, seed: int = 0) -> np.ndarray:
     amp = rng.normal(size=(3, 2, n_pix)) * np.array([0.5, 10.0, 20.0])[:, None, None]
     mm = fgjax.MixingMatrix(*COMPONENTS)
     A = np.asarray(mm.eval(NU, 1.54, 20.0, -3.0))
-    noise = rng.normal(size=(15, 2, n_pix)) * (
-        DEPTH_P / (np.degrees(np.sqrt(4 * np.pi / n_pix)) * 60)
-    )[:, None, None]
+    noise = (
+        rng.normal(size=(15, 2, n_pix))
+        * (DEPTH_P / (np.degrees(np.sqrt(4 * np.pi / n_pix)) * 60))[:, None, None]
+    )
     return np.einsum("fc,csp->fsp", A, amp) + noise
 
 
@@ -97,7 +98,7 @@ def main():
         floor = one_pass_floor(data, 8, args.repeat)
         _, warm = bench(
             f"basic_comp_sep nside={nside} patches nside=8",
-            lambda: _recipes.basic_comp_sep(COMPONENTS, INSTRUMENT, data, nside=8),
+            lambda data=data: _recipes.basic_comp_sep(COMPONENTS, INSTRUMENT, data, nside=8),
             data,
             args.repeat,
         )

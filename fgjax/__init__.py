@@ -18,6 +18,7 @@ from ._constants import (
     K_RJ_to_K_CMB_expression,
     parse_units,
 )
+from ._ilc import HarmonicILCResult, ILCResult, harmonic_ilc, harmonic_ilc_alm, ilc
 from ._instruments import (
     Instrument,
     available_instruments,
@@ -68,6 +69,13 @@ from ._sed import (
     parse_sed_expression,
 )
 from ._optimize import comp_sep, minimize, multi_comp_sep
+from ._recipes import (
+    SeparationResult,
+    adaptive_comp_sep,
+    basic_comp_sep,
+    multi_res_comp_sep,
+    weighted_comp_sep,
+)
 from ._results import RESULTS, CompSepResult, MinimizeResult
 from ._observation import get_noise_realization, get_observation, pixel_size_arcmin
 from ._sky import OfflineSky, get_sky, sky_emission
@@ -76,6 +84,16 @@ from ._spectra import CMBSpectra, cmb_spectra
 __version__ = "0.1.0"
 
 __all__ = [
+    "HarmonicILCResult",
+    "ILCResult",
+    "harmonic_ilc",
+    "harmonic_ilc_alm",
+    "ilc",
+    "SeparationResult",
+    "adaptive_comp_sep",
+    "basic_comp_sep",
+    "multi_res_comp_sep",
+    "weighted_comp_sep",
     "RLikelihood",
     "XForecastResult",
     "fit_r",

@@ -229,7 +229,9 @@ def _bin_operator(lbins, n_ell: int) -> np.ndarray:
     if lbins is None:
         return B
     lbins = np.asarray(lbins).astype(int)
-    for lmin, lmax in zip(lbins[:-1], lbins[1:]):  # a few bins: a host loop over edges
+    for lmin, lmax in zip(
+        lbins[:-1], lbins[1:], strict=False
+    ):  # a few bins: a host loop over edges
         lmax = min(int(lmax), n_ell)
         lmin = int(lmin)
         if lmax <= lmin:
@@ -373,7 +375,7 @@ def _map_alms(maps, fwhm, lmax: int, weights, iter: int) -> np.ndarray:
     alms = np.array(alms)
     if fwhm is not None:
         pol = alms.ndim == 3
-        for alm, f in zip(alms, fwhm):
+        for alm, f in zip(alms, fwhm, strict=False):
             bl = hp.gauss_beam(np.radians(f / 60.0), lmax, pol=pol)
             if pol:
                 for i in range(3):  # T, E, B

@@ -18,6 +18,10 @@ batched damped Newton method with the exact (autodiff) Hessian, in one compiled
 all the cluster values from the per-group blocks. The likelihood, its by-products and the
 Fisher matrix all come from :mod:`fgjax._likelihood`.
 
+An explicit ``method`` (SciPy or optax) hands the fit itself to
+:func:`fgjax._optimize.comp_sep` / ``multi_comp_sep``; the outputs are the same functions
+of the best-fit parameters either way.
+
 Outputs follow fgbuster's layout: pixel axis last, ``UNSEEN`` at bad pixels and at patches
 or clusters without a good pixel, ``mask_good``; ``Sigma`` is given for every scheme
 (per patch, or over all the cluster values of a joint fit).
@@ -162,7 +166,10 @@ def _delegate_patches(setup, invN, group, n_group, X0, lo, hi, kwargs):
 
     bounds = None
     if np.isfinite(lo).any() or np.isfinite(hi).any():
-        bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, hi)]
+        bounds = [
+            (None if np.isinf(a) else a, None if np.isinf(b) else b)
+            for a, b in zip(lo, hi, strict=False)
+        ]
     d = jnp.asarray(setup.d)
     if n_group == 1:
         res = comp_sep(mixing, d, invN, jnp.asarray(X0[0]), bounds=bounds, **_delegated(kwargs))
@@ -235,12 +242,33 @@ def _mixing(mm, freqs, theta):
     return mm.eval(freqs, *(theta[:, i] for i in range(mm.n_param)))
 
 
+def _fast_one(mm, freqs, pw, C_g, t):
+    """-logL of one group from its data covariance C_g (S, n_freq, n_freq), whitened.
+
+    Returns ``(value, singular)``.
+    """
+    A = mm(freqs, t)  # (n_freq, n_comp)
+    Aw = pw[:, :, None] * A[None]  # (S, n_freq, n_comp)
+    val, singular = logL_from_covariance(Aw, C_g)
+    return -val, jnp.any(singular)
+
+
 def _fast_values(mm, freqs, pw, C, theta):
     """-logL per group from data covariances C (n_group, S, n_freq, n_freq), whitened."""
-    A = _mixing(mm, freqs, theta)
-    Aw = pw[None, :, :, None] * A[:, None]  # (n_group, S, n_freq, n_comp)
-    val, singular = jax.vmap(logL_from_covariance)(Aw, C)
-    return -val, jnp.any(singular.reshape(singular.shape[0], -1), axis=-1)
+    return jax.vmap(lambda C_g, t: _fast_one(mm, freqs, pw, C_g, t))(C, theta)
+
+
+def _group_vgh(one, theta, data):
+    """Value, gradient and Hessian of ``one(t, *data_g)`` for every group (vmapped)."""
+
+    def per(t, *dg):
+        def fn(u):
+            return one(u, *dg)
+
+        v, g = jax.value_and_grad(fn)(t)
+        return v, g, jax.hessian(fn)(t)
+
+    return jax.vmap(per)(theta, *data)
 
 
 def _pixel_values(mm, freqs, n_group, group, d, n_inv, theta):
@@ -283,14 +311,29 @@ def _value_grad_hess(values, theta):
 
 # -- batched damped Newton --------------------------------------------------------------------
 def _newton_direction(g, H):
-    """Newton step with |eigenvalues| (saddle-free), floored; and the Newton decrement."""
-    e, V = jnp.linalg.eigh(H)
-    scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True)
-    tiny = jnp.finfo(g.dtype).tiny
-    e_abs = jnp.maximum(jnp.abs(e), 1e-12 * scale + tiny)
-    coef = jnp.einsum("bji,bj->bi", V, g) / e_abs
-    p = -jnp.einsum("bij,bj->bi", V, coef)
-    return p, jnp.sum(coef * coef * e_abs, axis=-1)
+    """Newton step and Newton decrement ``g^T H^-1 g``, batched over problems.
+
+    Cholesky when every Hessian is positive definite; otherwise the eigendecomposition with
+    |eigenvalues| floored (a saddle-free Newton step).
+    """
+    L = jnp.linalg.cholesky(H)
+    positive = jnp.all(jnp.isfinite(L))
+
+    def by_cholesky(_):
+        y = jax.scipy.linalg.solve_triangular(L, g[..., None], lower=True)[..., 0]
+        p = -jax.scipy.linalg.solve_triangular(L, y[..., None], lower=True, trans=1)[..., 0]
+        return p, jnp.sum(y * y, axis=-1)
+
+    def by_eigh(_):
+        e, V = jnp.linalg.eigh(H)
+        scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True)
+        tiny = jnp.finfo(g.dtype).tiny
+        e_abs = jnp.maximum(jnp.abs(e), 1e-12 * scale + tiny)
+        coef = jnp.einsum("bji,bj->bi", V, g) / e_abs
+        p = -jnp.einsum("bij,bj->bi", V, coef)
+        return p, jnp.sum(coef * coef * e_abs, axis=-1)
+
+    return jax.lax.cond(positive, by_cholesky, by_eigh, None)
 
 
 def _newton(vgh, fval, X0, lo, hi, maxiter):
@@ -363,14 +406,14 @@ def _newton(vgh, fval, X0, lo, hi, maxiter):
 def _fit_patches_fast(mm, freqs, pw, C, X0, lo, hi, maxiter):
     """Independent fits, one per group (fast path)."""
 
-    def values(theta):
-        return _fast_values(mm, freqs, pw, C, theta)
+    def one(t, C_g):
+        return _fast_one(mm, freqs, pw, C_g, t)[0]
 
     def vgh(theta):
-        return _value_grad_hess(values, theta)
+        return _group_vgh(one, theta, (C,))
 
     def fval(theta):
-        v, singular = values(theta)
+        v, singular = _fast_values(mm, freqs, pw, C, theta)
         return jnp.where(singular, jnp.inf, v)
 
     return _newton(vgh, fval, X0, lo, hi, maxiter)
@@ -412,7 +455,9 @@ def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
         size = max(8, 1 << int(np.ceil(np.log2(idx.size))))
         take = np.concatenate((idx, np.full(size - idx.size, idx[0])))
         take_j = jnp.asarray(take)
-        Xs, ds, ns = _fit_patches_fast(mm, freqs, pw, C[take_j], X[take_j], lo, hi, jnp.asarray(left))
+        Xs, ds, ns = _fit_patches_fast(
+            mm, freqs, pw, C[take_j], X[take_j], lo, hi, jnp.asarray(left)
+        )
         sel = jnp.asarray(idx)
         X = X.at[sel].set(Xs[: idx.size])
         nit = nit.at[sel].add(ns[: idx.size])
@@ -422,10 +467,10 @@ def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
     return X, done, nit
 
 
-def _joint_vgh(values, gidx, n_x, x):
-    """Value, gradient, Hessian of ``sum_g values(x[gidx])[g]`` in the joint parameters."""
+def _joint_vgh(one, data, gidx, n_x, x):
+    """Value, gradient, Hessian of ``sum_g one(x[gidx[g]], *data_g)`` in the joint x."""
     theta = x[gidx]  # (n_group, n_param)
-    f, g, H = _value_grad_hess(values, theta)
+    f, g, H = _group_vgh(one, theta, data)
     g_x = jnp.zeros((n_x,), x.dtype).at[gidx].add(g)
     H_x = jnp.zeros((n_x, n_x), x.dtype).at[gidx[:, :, None], gidx[:, None, :]].add(H)
     return jnp.sum(f), g_x, H_x
@@ -436,15 +481,15 @@ def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter):
     """One joint fit of all the cluster values (fast path)."""
     n_x = x0.shape[0]
 
-    def values(theta):
-        return _fast_values(mm, freqs, pw, C, theta)
+    def one(t, C_g):
+        return _fast_one(mm, freqs, pw, C_g, t)[0]
 
     def vgh(X):
-        f, g, H = _joint_vgh(values, gidx, n_x, X[0])
+        f, g, H = _joint_vgh(one, (C,), gidx, n_x, X[0])
         return f[None], g[None], H[None]
 
     def fval(X):
-        v, singular = values(X[0][gidx])
+        v, singular = _fast_values(mm, freqs, pw, C, X[0][gidx])
         return jnp.where(jnp.any(singular), jnp.inf, jnp.sum(v))[None]
 
     X, done, nit = _newton(vgh, fval, x0[None], lo, hi, maxiter)
@@ -544,9 +589,7 @@ def _padded_covariance(dw, order, slot, n_group: int, max_count: int):
     return jnp.einsum("gpsf,gpsk->gsfk", padded, padded)
 
 
-_group_covariance = partial(jax.jit, static_argnames=("n_group", "max_count"))(
-    _padded_covariance
-)
+_group_covariance = partial(jax.jit, static_argnames=("n_group", "max_count"))(_padded_covariance)
 
 
 def _grouping(group: np.ndarray, n_group: int):
@@ -591,7 +634,7 @@ def _safe_inverse(F: np.ndarray) -> np.ndarray:
         try:
             out[for_inv] = np.linalg.inv(F[for_inv])
         except np.linalg.LinAlgError:
-            for idx in zip(*np.nonzero(for_inv)):
+            for idx in zip(*np.nonzero(for_inv), strict=False):
                 try:
                     out[idx] = np.linalg.inv(F[idx])
                 except np.linalg.LinAlgError:
@@ -681,8 +724,10 @@ def basic_comp_sep(
             nside (``<=`` that of the data), fitted independently and all at once.
         **minimize_kwargs: SciPy-style ``options={'maxiter': ...}`` and ``bounds``
             (one ``(min, max)`` per parameter); ``x0`` (``(n_param,)`` or per patch
-            ``(n_param, n_patch)``) instead of the defaults; ``method``/``tol`` are
-            accepted and unused (the batched Newton fit runs to convergence).
+            ``(n_param, n_patch)``) instead of the defaults. ``method=None`` (or
+            ``"newton"``): the batched Newton fit; any other ``method`` (SciPy's names,
+            ``"optax.lbfgs"``, ...) fits with :func:`fgjax._optimize.multi_comp_sep` /
+            ``comp_sep`` with ``tol`` and ``options``, and the outputs are computed here.
 
     Returns:
         A :class:`SeparationResult`; ``invAtNA`` is ``([n_stokes,] n_comp, n_comp)`` for
@@ -766,7 +811,6 @@ def weighted_comp_sep(
     n_inv = np.where(bad[:, None, None], 0.0, 1.0 / np.where(bad[:, None, None], 1.0, cov_t))
     group, n_group = _patch_groups(nside, setup)
     dtype = setup.d.dtype
-    empty = hpx.empty_patches(group, bad, n_group)
     group_j, d_j, n_inv_j = jnp.asarray(group), jnp.asarray(setup.d), jnp.asarray(n_inv)
     theta = jnp.zeros((n_group, 0), dtype)
     done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
@@ -831,7 +875,10 @@ def _delegate_joint(setup, pw_j, combos, x0, lo, hi, kwargs):
 
     bounds = None
     if np.isfinite(lo).any() or np.isfinite(hi).any():
-        bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b) for a, b in zip(lo, hi)]
+        bounds = [
+            (None if np.isinf(a) else a, None if np.isinf(b) else b)
+            for a, b in zip(lo, hi, strict=False)
+        ]
     res = comp_sep(
         mixing, jnp.asarray(setup.d), DiagonalInvN(pw_j**2), jnp.asarray(x0), bounds=bounds,
         **_delegated(kwargs),
@@ -942,7 +989,10 @@ def adaptive_comp_sep(
     F = np.zeros((n_x, n_x))
     np.add.at(F, (gidx[:, :, None], gidx[:, None, :]), H)
     empty = np.concatenate(
-        [np.bincount(i[~setup.bad], minlength=n)[:n] == 0 for i, n in zip(ids, n_clusters)]
+        [
+            np.bincount(i[~setup.bad], minlength=n)[:n] == 0
+            for i, n in zip(ids, n_clusters, strict=False)
+        ]
     )
     keep = ~empty
     Sigma = np.full((n_x, n_x), UNSEEN)
@@ -952,9 +1002,9 @@ def adaptive_comp_sep(
     F[:, empty] = UNSEEN
     x_out = x.copy()
     x_out[empty] = UNSEEN
-    xs = [x_out[o : o + n] for o, n in zip(offsets, n_clusters)]
+    xs = [x_out[o : o + n] for o, n in zip(offsets, n_clusters, strict=False)]
     x_map = []
-    for xi, i in zip(xs, ids):
+    for xi, i in zip(xs, ids, strict=False):
         m = xi[i].copy()
         m[setup.bad] = UNSEEN
         x_map.append(m)
@@ -975,9 +1025,7 @@ def adaptive_comp_sep(
     )
 
 
-def multi_res_comp_sep(
-    components, instrument, data, nsides, **minimize_kwargs
-) -> SeparationResult:
+def multi_res_comp_sep(components, instrument, data, nsides, **minimize_kwargs) -> SeparationResult:
     """Joint fit where parameter ``i`` takes one value per pixel of an ``nsides[i]`` map.
 
     Args:

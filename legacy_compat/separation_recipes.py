@@ -15,7 +15,6 @@ Differences from fgbuster 2.0, all on inputs where fgbuster fails or returns not
 
 from __future__ import annotations
 
-import numpy as np
 from scipy.optimize import OptimizeResult
 
 from fgjax import _ilc, _recipes
@@ -113,7 +112,9 @@ def basic_comp_sep(components, instrument, data, nside=0, **minimize_kwargs):
         ``OptimizeResult`` with ``params``, ``x``, ``Sigma``, ``Sigma_inv``, ``s``, ``chi``,
         ``chi_dB``, ``invAtNA``, ``mask_good``, ``nit``, ``success``, ``message``.
     """
-    r = _recipes.basic_comp_sep(components, instrument, data, nside, **_newton_kwargs(minimize_kwargs))
+    r = _recipes.basic_comp_sep(
+        components, instrument, data, nside, **_newton_kwargs(minimize_kwargs)
+    )
     return _sep_result(r, _PATCH_FIELDS)
 
 
@@ -124,7 +125,9 @@ def weighted_comp_sep(components, instrument, data, cov, nside=0, **minimize_kwa
     Returns:
         ``OptimizeResult`` with the fields of :func:`basic_comp_sep`; ``invAtNA`` per pixel.
     """
-    r = _recipes.weighted_comp_sep(components, instrument, data, cov, nside, **_newton_kwargs(minimize_kwargs))
+    r = _recipes.weighted_comp_sep(
+        components, instrument, data, cov, nside, **_newton_kwargs(minimize_kwargs)
+    )
     return _sep_result(r, _PATCH_FIELDS)
 
 
@@ -137,12 +140,16 @@ def adaptive_comp_sep(components, instrument, data, patch_ids, **minimize_kwargs
         parameter), ``Sigma`` and ``Sigma_inv`` over the concatenated cluster values (fgbuster
         gives none), ``s``, ``chi``, ``invAtNA``, ``mask_good``, ``nit``, ``success``.
     """
-    r = _recipes.adaptive_comp_sep(components, instrument, data, patch_ids, **_newton_kwargs(minimize_kwargs))
+    r = _recipes.adaptive_comp_sep(
+        components, instrument, data, patch_ids, **_newton_kwargs(minimize_kwargs)
+    )
     return _sep_result(r, _JOINT_FIELDS)
 
 
 @x64
 def multi_res_comp_sep(components, instrument, data, nsides, **minimize_kwargs):
     """Drop-in for ``fgbuster.multi_res_comp_sep``; see :func:`adaptive_comp_sep`."""
-    r = _recipes.multi_res_comp_sep(components, instrument, data, nsides, **_newton_kwargs(minimize_kwargs))
+    r = _recipes.multi_res_comp_sep(
+        components, instrument, data, nsides, **_newton_kwargs(minimize_kwargs)
+    )
     return _sep_result(r, _JOINT_FIELDS)

@@ -201,3 +201,16 @@ def test_bad_input_messages():
         _recipes.basic_comp_sep(COMPS, NU, data, bounds=[(0, 1), (0, 1)])
     with pytest.raises(ValueError, match="1, 2 or 3 Stokes"):
         _recipes.basic_comp_sep(COMPS, NU, rng.normal(size=(4, 4, 48)))
+
+
+@pytest.mark.slow
+def test_explicit_method_delegates_to_optimize():
+    # method="L-BFGS-B": the fit runs in fgjax._optimize.multi_comp_sep (SciPy); same outputs
+    entry, inp, out, _ = load_case("basic_comp_sep_IQU_patches_masked")
+    comps = [fgjax.CMB(), fgjax.Dust(nu0=353.0, temp=20.0), fgjax.Synchrotron(nu0=30.0)]
+    options = {"ftol": 0.0, "gtol": 1e-12, "maxiter": 5000}
+    res = _recipes.basic_comp_sep(
+        comps, _instrument(inp), inp["data"], nside=2, method="L-BFGS-B", options=options
+    )
+    for key in ("x", "Sigma", "s", "chi", "invAtNA"):
+        check(entry, key, getattr(res, key), out[key])
