@@ -256,7 +256,14 @@ def _host_mixing(A_ev, A_dB_ev, comp_of_dB, x0):
         raise ValueError(f"`x0` of shape {x0.shape} does not fit `A_ev`: {err}") from err
     parsed = None if A_dB_ev is None else _parse_comp_of_dB(comp_of_dB, n)
     if parsed is not None and any(ids is not None for _, ids in parsed):
-        raise NotImplementedError("comp_sep: `comp_of_dB` with region ids is not supported.")
+        # (component, region ids) derivatives of a plain NumPy evaluator: rather than
+        # rebuild fgbuster's region bookkeeping on the host, differentiate A_ev numerically.
+        logger.info(
+            "comp_sep: `comp_of_dB` with region ids and a NumPy `A_ev`: derivatives of A "
+            "by central finite differences (pass a legacy_compat MixingMatrix evaluator "
+            "for exact autodiff)."
+        )
+        parsed = None
 
     def host_A(x):
         return np.asarray(A_ev(np.asarray(x, dtype=np.float64)), dtype=np.float64).reshape(A_shape)
