@@ -1137,15 +1137,17 @@ def xForecast(
             (arcmin), as keys or attributes.
         d_fgs: Foreground maps without CMB, ``(n_freq, n_stokes, n_pix)``, n_stokes 2 (Q, U)
             or 3 (I, Q, U; I is not used in the fit); masked pixels set to 0.
-        lmin, lmax: Multipole range of the likelihood, ``0 <= lmin < lmax <= 3 nside - 1``.
+        lmin: Lowest multipole of the likelihood, ``0 <= lmin < lmax``.
+        lmax: Highest multipole of the likelihood, ``lmax <= 3 nside - 1``.
         Alens: Lensing amplitude of the model and the data (>= 0).
         r: Fiducial tensor-to-scalar ratio of the data (>= 0).
         make_figure: ``True`` draws fgbuster's figure (returned as ``result.figure``, a
             matplotlib Figure not attached to pyplot); a path also saves it there.
         multires: Statistical residuals of LiteBIRD's multi-resolution separation
             (:func:`get_post_comp_sep_power`, fgbuster's recipe).
-        l_knee, alpha_knee: Boost of noise and statistical residuals by
+        l_knee: Knee multipole of the boost of noise and statistical residuals by
             $1 + (\ell_{knee}/\ell)^{\alpha_{knee}}$.
+        alpha_knee: Slope of that boost.
         gridding: Also grid $L(r)$ on $[-0.05, 0.1]$ for 68% and 5-sigma bounds.
         sigma_r_68CL: $\sigma(r)$ from the 68% integral of the likelihood above $r_{fit}$
             instead of $\Delta(-2\ln L) = 1$ (see :func:`fit_r`).

@@ -489,7 +489,11 @@ def comp_sep(
         d: Data ``(..., n_freq)``.
         invN: ``None``, ``(..., n_freq, n_freq)`` or :class:`DiagonalInvN`.
         x0: Starting parameters ``(n_param,)`` (not used for a fixed ``A``).
-        method, tol, bounds, options, callback: See :func:`minimize`.
+        method: See :func:`minimize`.
+        tol: See :func:`minimize`.
+        bounds: See :func:`minimize`.
+        options: See :func:`minimize`.
+        callback: See :func:`minimize`.
 
     Returns:
         A :class:`~fgjax._results.CompSepResult` (fgbuster's fields).
@@ -590,8 +594,11 @@ def multi_comp_sep(
         x0: Starting parameters ``(n_param,)`` (all patches) or ``(n_patch, n_param)``.
         patch_ids: Non-negative integer ids, shape ``d.shape[:k]``.
         n_patch: Number of patches (default ``max(patch_ids) + 1``).
-        method, tol, bounds, options, callback: See :func:`minimize`; ``bounds`` are per
-            parameter and repeated over the patches.
+        method: See :func:`minimize`.
+        tol: See :func:`minimize`.
+        bounds: See :func:`minimize`; per parameter, repeated over the patches.
+        options: See :func:`minimize`.
+        callback: See :func:`minimize`.
 
     Returns:
         A :class:`~fgjax._results.CompSepResult` with ``x`` ``(n_patch, n_param)``, ``Sigma``
