@@ -196,12 +196,12 @@ def test_xforecast_options_figure_68cl_gridding(xf_golden_chain, tmp_path):
     np.testing.assert_allclose(pos, res.sigma_r, rtol=0.05)  # same integral, coarser grid
 
 
-@pytest.mark.slow
-def test_legacy_xforecast_matches_legacy_end_to_end(xf_case):
+def check_xforecast_case(name=XF):
+    """xForecast end to end through legacy_compat (run by test_golden_equality.py)."""
     from legacy_compat import component_model as lcm
     from legacy_compat.cosmology import xForecast
 
-    entry, inp, out, _ = xf_case
+    entry, inp, out, _ = load_case(name)
     res = xForecast(
         [lcm.CMB(), lcm.Dust(nu0=150.0), lcm.Synchrotron(nu0=150.0)],
         _instrument(inp),

@@ -15,14 +15,6 @@ from legacy_compat.mixingmatrix import MixingMatrix
 
 from ._golden import cases, check, load_case
 
-# Compile time dominates: two algebra cases run by default, the others nightly.
-_DEFAULT_ALG = ("alg_masked_invN_full_pix",)
-_ALG = [
-    pytest.param(c["name"], marks=() if c["name"] in _DEFAULT_ALG else pytest.mark.slow)
-    for c in cases("algebra")
-]
-
-
 def _alg_calls(entry, inp):
     n = entry["meta"]["n_param"]
     cod = entry["meta"]["comp_of_dB"]
@@ -45,8 +37,8 @@ def _alg_calls(entry, inp):
     }
 
 
-@pytest.mark.parametrize("name", _ALG)
-def test_algebra_matches_legacy(name):
+def check_algebra_case(name):
+    """An `algebra` golden case (run by test_golden_equality.py)."""
     entry, inp, out, _ = load_case(name)
     calls = _alg_calls(entry, inp)
     assert set(out) <= set(calls)
@@ -93,29 +85,40 @@ def _check_fit(entry, res, out):
         check(entry, key, actual, expected)
 
 
-def test_comp_sep_fixed_A():
-    entry, inp, out, _ = load_case("cs_fixed_A_invN_diag")
+def check_comp_sep_fixed_A_case(name="cs_fixed_A_invN_diag"):
+    """comp_sep with a fixed matrix (run by test_golden_equality.py)."""
+    entry, inp, out, _ = load_case(name)
     res = alg.comp_sep(inp["A"], inp["d"], inp["invN"], None, None)
     _check_fit(entry, res, out)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["cs_global_invN_full_masked", pytest.param("cs_global_bfgs", marks=pytest.mark.slow)],
-)
-def test_comp_sep_matches_legacy(name, caplog):
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def check_comp_sep_fit_case(name):
+    """A parametric comp_sep golden case (run by test_golden_equality.py)."""
     entry, inp, out, mm, A_ev, A_dB_ev = _legacy_mm_case(name)
     kw = entry["meta"]["minimize_kwargs"]
-    with caplog.at_level(logging.WARNING, logger="legacy_compat.algebra"):
+    handler, logger = _Records(), logging.getLogger("legacy_compat.algebra")
+    logger.addHandler(handler)
+    try:
         res = alg.comp_sep(A_ev, inp["d"], inp["invN"], A_dB_ev, mm.comp_of_dB, inp["x0"], **kw)
-    assert not caplog.records  # traced through A_ev.jax, no host fallback
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.records  # traced through A_ev.jax, no host fallback
     _check_fit(entry, res, out)
     assert {"x", "fun", "nit", "nfev", "success", "message", "status"} <= set(res)
 
 
-@pytest.mark.slow
-def test_multi_comp_sep_matches_legacy():
-    entry, inp, out, mm, A_ev, A_dB_ev = _legacy_mm_case("multi_comp_sep_bfgs")
+def check_multi_comp_sep_case(name="multi_comp_sep_bfgs"):
+    """multi_comp_sep golden case (run by test_golden_equality.py)."""
+    entry, inp, out, mm, A_ev, A_dB_ev = _legacy_mm_case(name)
     kw = entry["meta"]["minimize_kwargs"]
     res = alg.multi_comp_sep(
         A_ev, inp["d"], inp["invN"], A_dB_ev, mm.comp_of_dB, inp["patch_ids"], inp["x0"], **kw

@@ -67,14 +67,10 @@ CASES = {
     "multi_res_comp_sep_QU": False,
     "adaptive_comp_sep_IQU": False,
 }
-FAST = {"basic_comp_sep_T_global"}  # the others compile their own programs: slow
 
 
-@pytest.mark.parametrize(
-    "name",
-    [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CASES],
-)
-def test_recipe_matches_legacy(name):
+def check_recipe_case(name):
+    """A fitting-recipe golden case (run by test_golden_equality.py)."""
     entry, inp, out, _ = load_case(name)
     comps = _cdsync(fixed_temp=CASES[name])
     res = _call(name, comps, inp)
