@@ -521,7 +521,11 @@ def comp_sep(
     )
     x = res.x
     s, Minv, chi, chi_dB, singular, F = _post_fit(mixing, x, d, invN, fast)
-    Sigma = jnp.linalg.inv(F)
+    return _pack(res, x, jnp.linalg.inv(F), F, s, Minv, chi, chi_dB, singular)
+
+
+def _pack(res, x, Sigma, F, s, Minv, chi, chi_dB, singular) -> CompSepResult:
+    """A fit's result: the optimiser's fields and the by-products at its ``x``."""
     return CompSepResult(
         s=s,
         chi=chi,
@@ -651,20 +655,4 @@ def multi_comp_sep(
     X = jnp.where(mask[:, None], X, nan)
     Sigma = jnp.where(mask[:, None, None], Sigma, nan)
     F = jnp.where(mask[:, None, None], F, nan)
-    return CompSepResult(
-        s=s,
-        chi=chi,
-        invAtNA=Minv,
-        x=X,
-        Sigma=Sigma,
-        Sigma_inv=F,
-        chi_dB=tuple(chi_dB),
-        fun=res.fun,
-        nit=res.nit,
-        nfev=res.nfev,
-        success=res.success,
-        status=res.status,
-        message=res.message,
-        result=_result_status(res, bool(singular)),
-        minimize=res,
-    )
+    return _pack(res, X, Sigma, F, s, Minv, chi, chi_dB, singular)
