@@ -238,8 +238,9 @@ def _patch_x0(x0, mm: MixingMatrix, n_group: int, dtype) -> np.ndarray:
 # -- per-group objectives ---------------------------------------------------------------------
 # A "group" is a set of pixels sharing their parameters. theta: (n_group, n_param).
 def _mixing(mm, freqs, theta):
-    """A for each group: (n_group, n_freq, n_comp)."""
-    return mm.eval(freqs, *(theta[:, i] for i in range(mm.n_param)))
+    """A for each group: (n_group, n_freq, n_comp), also with no free parameter."""
+    A = mm.eval(freqs, *(theta[:, i] for i in range(mm.n_param)))
+    return jnp.broadcast_to(A, (theta.shape[0],) + A.shape[-2:])
 
 
 def _fast_one(mm, freqs, pw, C_g, t):

@@ -210,3 +210,17 @@ def test_explicit_method_delegates_to_optimize():
     )
     for key in ("x", "Sigma", "s", "chi", "invAtNA"):
         check(entry, key, getattr(res, key), out[key])
+
+
+def test_every_parameter_fixed_separates_directly():
+    """No free parameter: the recipe is a plain linear separation (fgbuster's test_chi)."""
+    nu = np.array([30.0, 90.0, 150.0, 220.0, 353.0])
+    inst = {"frequency": nu, "depth_i": np.full(5, 10.0), "depth_p": np.full(5, 14.0)}
+    comps = [cm.CMB(), cm.Dust(nu0=353.0, temp=20.0, beta_d=1.54)]
+    rng = np.random.default_rng(3)
+    amp = rng.normal(size=(2, 2, 12 * 4**2)) * np.array([1.0, 10.0])[:, None, None]
+    A = np.asarray(fgjax.MixingMatrix(*comps).eval(nu))
+    data = np.einsum("fc,csp->fsp", A, amp)
+    res = sr.basic_comp_sep(comps, inst, data)
+    np.testing.assert_allclose(res.s, amp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.chi, 0.0, atol=1e-9)
