@@ -430,3 +430,42 @@ def multi_comp_sep(A_ev, d, invN, A_dB_ev, comp_of_dB, patch_ids, *minimize_args
     ]
     del res.Sigma_inv
     return res
+
+
+# -- fgbuster's private matrix helpers -----------------------------------------------------
+# Not public API, but fgbuster's own tests and some scripts import them from
+# fgbuster.algebra: NumPy, batched over leading axes.
+def _T(m):
+    return np.swapaxes(m, -1, -2)
+
+
+def _mv(m, v):
+    return np.einsum("...ij,...j->...i", m, v)
+
+
+def _mtv(m, v):
+    return np.einsum("...ji,...j->...i", m, v)
+
+
+def _mm(a, b):
+    return np.asarray(a) @ np.asarray(b)
+
+
+def _mtm(a, b):
+    return _T(np.asarray(a)) @ np.asarray(b)
+
+
+def _mmm(a, b, c):
+    return np.asarray(a) @ np.asarray(b) @ np.asarray(c)
+
+
+def _mtmm(a, b, c):
+    return _T(np.asarray(a)) @ np.asarray(b) @ np.asarray(c)
+
+
+def _utmv(u, m, v):
+    return np.einsum("...i,...ij,...j->...", u, m, v)
+
+
+def _mmv(a, b, v):
+    return np.einsum("...ij,...jk,...k->...i", a, b, v)

@@ -15,6 +15,8 @@ Differences from fgbuster 2.0, all on inputs where fgbuster fails or returns not
 
 from __future__ import annotations
 
+import healpy as hp
+import numpy as np
 from scipy.optimize import OptimizeResult
 
 from fgjax import _ilc, _recipes
@@ -153,3 +155,34 @@ def multi_res_comp_sep(components, instrument, data, nsides, **minimize_kwargs):
         components, instrument, data, nsides, **_newton_kwargs(minimize_kwargs)
     )
     return _sep_result(r, _JOINT_FIELDS)
+
+
+# -- fgbuster's private HEALPix helpers ------------------------------------------------------
+# Not public API, but fgbuster's own tests and some scripts import them from
+# fgbuster.separation_recipes. nside 0 means one global value.
+def _my_nside2npix(nside):
+    return 1 if nside == 0 else hp.nside2npix(nside)
+
+
+def _my_ud_grade(map_in, nside_out):
+    m = np.asarray(map_in, dtype=float)
+    if nside_out == 0:
+        return m.mean(keepdims=True).reshape(1)
+    if m.size == 1:
+        return np.full(hp.nside2npix(nside_out), m.reshape(()))
+    return hp.ud_grade(m, nside_out)
+
+
+def _empirical_harmonic_covariance(alms):
+    """Cross spectra of every pair of frequencies: ``(..., n_freq, n_freq, lmax + 1)``
+    for alms of shape ``(n_freq, ..., n_lm)``."""
+    alms = np.asarray(alms)
+    n_freq, lead = alms.shape[0], alms.shape[1:-1]
+    flat = alms.reshape(n_freq, -1, alms.shape[-1])
+    lmax = hp.Alm.getlmax(alms.shape[-1])
+    out = np.empty((flat.shape[1], n_freq, n_freq, lmax + 1))
+    for k in range(flat.shape[1]):  # Stokes parameters (at most 3), not pixels
+        for f1 in range(n_freq):
+            for f2 in range(f1, n_freq):
+                out[k, f1, f2] = out[k, f2, f1] = hp.alm2cl(flat[f1, k], flat[f2, k])
+    return out.reshape(lead + (n_freq, n_freq, lmax + 1))
