@@ -5,6 +5,9 @@ NumPy in, NumPy out, float64. Every evaluation runs inside ``jax.enable_x64(True
 
 from __future__ import annotations
 
+import numpy as np
+import sympy
+
 import fgjax
 
 from ._convert import x64
@@ -31,8 +34,57 @@ __all__ = [
 ]
 
 
+def _involved(expr, names: tuple[str, ...], wrt: tuple[str, ...]):
+    """Indices of the parameters that the derivative of ``expr`` along ``wrt`` involves.
+
+    None when that derivative is identically constant.
+    """
+    deriv = expr
+    for name in wrt:
+        deriv = sympy.diff(deriv, sympy.Symbol(name))
+    if not deriv.free_symbols:
+        return None
+    symbols = {str(s) for s in deriv.free_symbols}
+    return tuple(i for i, name in enumerate(names) if name in symbols)
+
+
+def _legacy_shape(full, params, involved):
+    """Cut a fully broadcast derivative down to the shape fgbuster gives it.
+
+    fgbuster lambdifies every derivative on its own, so the result only carries the axes of
+    the parameters it involves (plus the frequency axis), and an identically constant
+    derivative comes back 0-d. ``full`` (shape ``broadcast(params) + (n_freq,)``) is constant
+    along every other axis, so index 0 of those axes holds the whole information.
+    """
+    if involved is None:
+        return full.reshape(-1)[0] if full.size else full.sum()
+    lead = full.shape[:-1]
+    target = np.broadcast_shapes(*(np.shape(params[i]) for i in involved))
+    padded = (1,) * (len(lead) - len(target)) + target
+    index = tuple(slice(None) if t == n else slice(0, 1) for t, n in zip(padded, lead, strict=True))
+    return full[index].reshape(target + full.shape[-1:])
+
+
 class _NumpyAPI:
-    """eval/diff/diff_diff of an fgjax component, in float64 with NumPy outputs."""
+    """eval/diff/diff_diff of an fgjax component, in float64 with NumPy outputs.
+
+    Derivatives keep fgbuster's shapes (only the axes of the parameters they involve; 0-d
+    when constant) on top of fgjax's fully broadcast ones.
+    """
+
+    def _derivative_plan(self, order: int):
+        expr = getattr(self, "expr", None)
+        if expr is None:  # a user subclass of Component: no symbolic form, keep full shapes
+            return None
+        cache = self.__dict__.setdefault("_legacy_plans", {})
+        key = (order, str(expr))
+        if key not in cache:
+            names = tuple(self.params)
+            if order == 1:
+                cache[key] = [_involved(expr, names, (n,)) for n in names]
+            else:
+                cache[key] = [[_involved(expr, names, (a, b)) for b in names] for a in names]
+        return cache[key]
 
     @x64
     def eval(self, nu, *params):
@@ -40,11 +92,22 @@ class _NumpyAPI:
 
     @x64
     def diff(self, nu, *params):
-        return super().diff(nu, *params)
+        out = super().diff(nu, *params)
+        plan = self._derivative_plan(1)
+        if plan is None:
+            return out
+        return [_legacy_shape(d, params, inv) for d, inv in zip(out, plan, strict=True)]
 
     @x64
     def diff_diff(self, nu, *params):
-        return super().diff_diff(nu, *params)
+        out = super().diff_diff(nu, *params)
+        plan = self._derivative_plan(2)
+        if plan is None or not params:
+            return out
+        return [
+            [_legacy_shape(d, params, inv) for d, inv in zip(row, prow, strict=True)]
+            for row, prow in zip(out, plan, strict=True)
+        ]
 
 
 class Component(_NumpyAPI, fgjax.AbstractComponent):
