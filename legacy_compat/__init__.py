@@ -33,7 +33,7 @@ from .component_model import (
     Synchrotron,
     ThermalSZ,
 )
-from .cosmology import xForecast
+from .cosmology import get_post_comp_sep_power, get_statistical_information, xForecast
 from .mixingmatrix import MixingMatrix
 from .observation_helpers import (
     get_instrument,
@@ -82,7 +82,9 @@ __all__ = [
     "FreeFree",
     # mixingmatrix.__all__
     "MixingMatrix",
-    # cosmology.__all__
+    # cosmology.__all__ (fgbuster 2.0.0's cosmology module lists all three)
+    "get_statistical_information",
+    "get_post_comp_sep_power",
     "xForecast",
     # submodules bound on the package
     "algebra",

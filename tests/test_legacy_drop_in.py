@@ -47,6 +47,8 @@ STAR_NAMES = {
     "MixingMatrix",
     # cosmology.__all__
     "xForecast",
+    "get_statistical_information",
+    "get_post_comp_sep_power",
     # submodules (algebra is imported by separation_recipes; nothing imports visualization)
     "algebra", "component_model", "cosmology", "mixingmatrix", "observation_helpers",
     "separation_recipes",
