@@ -964,6 +964,16 @@ def adaptive_comp_sep(
         if checkpoint is not None:
             raise ValueError("`checkpoint` is supported with the default (Newton) fit only.")
         x, done, nit = _delegate_joint(setup, pw_j, combos, x0, lo, hi, kwargs)
+    elif checkpoint is None and np.all(np.bincount(gidx.ravel(), minlength=n_x) <= 1):
+        # Every cluster value belongs to a single group (e.g. equal nsides for all the
+        # parameters): independent problems, fitted per group with their own step control.
+        X, done_g, nit_g = _fit_patches_in_rounds(
+            mm, setup.freqs, pw_j, C, jnp.asarray(x0)[jnp.asarray(gidx)],
+            jnp.asarray(lo_p), jnp.asarray(hi_p), maxiter,
+        )
+        x = np.asarray(x0, dtype=dtype).copy()
+        x[gidx] = np.asarray(X)
+        done, nit = bool(np.all(np.asarray(done_g))), int(np.max(np.asarray(nit_g)))
     elif checkpoint is None:
         x, done, nit = _fit_joint_fast(*args, jnp.asarray(x0), *bounds, jnp.asarray(maxiter))
         nit = int(nit)
