@@ -22,6 +22,7 @@ import numpy as np
 
 from ._bandpass import as_frequencies
 from ._constants import UNSEEN
+from ._instruments import standardize_instrument
 
 __all__ = [
     "bad_pixels",
@@ -40,11 +41,8 @@ logger = logging.getLogger(__name__)
 
 # -- instrument -------------------------------------------------------------------------------
 def standardize(instrument) -> types.SimpleNamespace:
-    """Read an instrument given as a dict, a DataFrame-like or an object with attributes.
-
-    Uses ``fgjax._instruments.standardize_instrument`` when it exists; otherwise a minimal
-    adapter: ``frequency`` (required; GHz, or a list of ``(nu, weights)`` bandpasses),
-    ``depth_i``, ``depth_p`` (uK_CMB arcmin) and ``fwhm`` (arcmin), each optional.
+    """Read an instrument through :func:`fgjax._instruments.standardize_instrument` (dicts,
+    DataFrame-likes, objects with attributes, database tags; ragged bandpasses allowed).
 
     Returns:
         A namespace with attributes ``frequency``, ``depth_i``, ``depth_p`` and ``fwhm``;
@@ -53,50 +51,10 @@ def standardize(instrument) -> types.SimpleNamespace:
     Raises:
         ValueError: `instrument` has no ``frequency``, or a depth is not positive and finite.
     """
-    try:  # the shared implementation, when another module provides it
-        from ._instruments import standardize_instrument  # type: ignore[import-not-found]
-    except ImportError:
-        standardize_instrument = None
-    if standardize_instrument is not None:
-        std = standardize_instrument(instrument)
-        return types.SimpleNamespace(
-            frequency=std.frequency, depth_i=std.depth_i, depth_p=std.depth_p, fwhm=std.fwhm
-        )
-
-    def get(key):
-        if isinstance(instrument, dict):
-            value = instrument.get(key)
-        else:
-            value = getattr(instrument, key, None)
-            if value is None and hasattr(instrument, "__getitem__"):
-                try:
-                    value = instrument[key]
-                except (KeyError, IndexError, TypeError, ValueError):
-                    value = None
-        if value is not None and hasattr(value, "to_numpy"):  # pandas Series
-            value = value.to_numpy()
-        return value
-
-    frequency = get("frequency")
-    if frequency is None:
-        raise ValueError(
-            "`instrument` must provide 'frequency' (GHz) as a key or an attribute; "
-            f"got {type(instrument).__name__}."
-        )
-    if not (isinstance(frequency, (list, tuple)) and frequency and np.ndim(frequency[0]) > 0):
-        frequency = np.atleast_1d(np.asarray(frequency, dtype=float))
-    out = types.SimpleNamespace(frequency=frequency, depth_i=None, depth_p=None, fwhm=None)
-    for key in ("depth_i", "depth_p", "fwhm"):
-        value = get(key)
-        if value is None:
-            continue
-        value = np.atleast_1d(np.asarray(value, dtype=float))
-        if key.startswith("depth") and not np.all(np.isfinite(value) & (value > 0)):
-            raise ValueError(
-                f"`instrument.{key}` must be positive and finite (uK_CMB arcmin); got {value}."
-            )
-        setattr(out, key, value)
-    return out
+    std = standardize_instrument(instrument)
+    return types.SimpleNamespace(
+        frequency=std.frequency, depth_i=std.depth_i, depth_p=std.depth_p, fwhm=std.fwhm
+    )
 
 
 def instrument_frequency_count(instrument: types.SimpleNamespace) -> int:
