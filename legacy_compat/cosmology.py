@@ -160,6 +160,11 @@ def xForecast(
     res = out.separation
     res.params = list(out.params)
     res.s = out.s
+    return _with_forecast(res, out)
+
+
+def _with_forecast(res, out):
+    """Copy xForecast's spectra, r constraint, bounds and figure onto the result ``res``."""
     for key in ("noise", "bias", "stat", "var", "BB", "BuBu", "BlBl", "ell"):
         setattr(res, key, getattr(out, key))
     res.cosmo_params = {"r": (np.array([out.r_fit]), np.array([out.sigma_r]))}
@@ -228,11 +233,4 @@ def harmonic_xForecast(
         s=None,
         params=list(out.params),
     )
-    for key in ("noise", "bias", "stat", "var", "BB", "BuBu", "BlBl", "ell"):
-        setattr(res, key, getattr(out, key))
-    res.cosmo_params = {"r": (np.array([out.r_fit]), np.array([out.sigma_r]))}
-    if out.bounds is not None:
-        res.cosmo_params["bounds"] = tuple(float(b) for b in out.bounds)
-    if out.figure is not None:
-        res.figure = out.figure
-    return res
+    return _with_forecast(res, out)
