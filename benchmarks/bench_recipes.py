@@ -41,6 +41,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def working_memory_mb(call) -> float | None:
+    """Peak resident memory during ``call()`` above the resident memory before it (Linux:
+    the peak is reset through /proc/self/clear_refs); None where that is not available."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_mb("VmRSS")
+    call()
+    peak = _status_mb("VmHWM")
+    return None if before is None or peak is None else peak - before
+
+
 def make_maps(nside: int, seed: int = 0) -> np.ndarray:
     """QU maps (15, 2, n_pix) in uK_CMB: CMB + dust + synchrotron + white noise."""
     rng = np.random.default_rng(seed)
@@ -59,13 +84,11 @@ def one_pass_floor(data: np.ndarray, nside_patch: int, repeat: int) -> float:
     nside = hpx.check_nside_of_npix(data.shape[-1])
     group = hpx.cluster_ids_from_nside(nside_patch, nside)
     n_group = 12 * nside_patch**2 if nside_patch else 1
-    order, slot, max_count = _recipes._grouping(group, n_group)
+    layout = _recipes._grouping(group, n_group)
     d = jnp.asarray(hpx.to_pixel_major(data))
     f = _recipes._group_covariance
-    f(d, order, slot, n_group, max_count).block_until_ready()
-    times = timeit.repeat(
-        lambda: f(d, order, slot, n_group, max_count).block_until_ready(), number=1, repeat=repeat
-    )
+    f(d, layout).block_until_ready()
+    times = timeit.repeat(lambda: f(d, layout).block_until_ready(), number=1, repeat=repeat)
     return float(np.median(times))
 
 
@@ -76,12 +99,15 @@ def bench(label, call, data, repeat):
     first = time.perf_counter() - t0
     times = timeit.repeat(call, number=1, repeat=repeat)
     warm = float(np.median(times))
+    work = working_memory_mb(call)
     nit = np.asarray(res.nit)
+    size = data.nbytes / 2**20
+    work_txt = "n/a" if work is None else f"{work:.0f} MB = {work / size:.1f}x input"
     print(
         f"{label:42s} first {first:7.2f} s  warm {warm * 1e3:8.1f} ms  "
         f"(compile+trace ~{first - warm:6.2f} s)  Newton iterations max {nit.max()} "
-        f"mean {nit.mean():.1f}  peak RSS {peak_rss_mb():7.0f} MB (before {rss0:5.0f} MB; "
-        f"input maps {data.nbytes / 2**20:.1f} MB)"
+        f"mean {nit.mean():.1f}  warm-call working memory {work_txt}  peak RSS "
+        f"{peak_rss_mb():7.0f} MB (before {rss0:5.0f} MB; input maps {size:.1f} MB)"
     )
     return res, warm
 

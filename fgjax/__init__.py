@@ -46,11 +46,13 @@ from ._likelihood import (
     W_dBdB,
     Wd,
     data_covariance,
+    fisher_from_amplitude_covariance,
     fisher_logL_dB_dB,
     invAtNA,
     logL,
     logL_dB,
     logL_from_covariance,
+    logL_hessian_from_covariance,
     logL_noise_mismatch,
     whiten,
 )
@@ -68,7 +70,7 @@ from ._sed import (
     make_broadcastable,
     parse_sed_expression,
 )
-from ._optimize import comp_sep, minimize, multi_comp_sep
+from ._optimize import batched_newton, comp_sep, minimize, multi_comp_sep
 from ._recipes import (
     SeparationResult,
     adaptive_comp_sep,
@@ -112,13 +114,16 @@ __all__ = [
     "W_dBdB",
     "Wd",
     "data_covariance",
+    "fisher_from_amplitude_covariance",
     "fisher_logL_dB_dB",
     "invAtNA",
     "logL",
     "logL_dB",
     "logL_from_covariance",
+    "logL_hessian_from_covariance",
     "logL_noise_mismatch",
     "whiten",
+    "batched_newton",
     "comp_sep",
     "minimize",
     "multi_comp_sep",

@@ -59,11 +59,13 @@ __all__ = [
     "W_dBdB",
     "Wd",
     "data_covariance",
+    "fisher_from_amplitude_covariance",
     "fisher_logL_dB_dB",
     "invAtNA",
     "logL",
     "logL_dB",
     "logL_from_covariance",
+    "logL_hessian_from_covariance",
     "logL_noise_mismatch",
     "mixing_normal_matrix",
     "whiten",
@@ -728,3 +730,170 @@ def logL_from_covariance(A, C, invN=None):
     AtN, Minv, singular = _solve_parts(A, invN)
     AtCA = _mm(_mm(_T(A), C), A)
     return 0.5 * jnp.sum(Minv * AtCA), singular
+
+
+# -- closed-form parameter derivatives of the fast path -------------------------------------
+def _column_basis(A, A_dB, A_dBdB, comp_of_dB):
+    """The columns every parameter derivative of ``A`` is made of, and where they sit.
+
+    With one column per parameter (``comp_of_dB``), ``dA/dx_i`` is the vector ``A_dB[i]``
+    in column ``comp_of_dB[i]`` and ``d2A/dx_i dx_j`` is ``A_dBdB[i, j]`` in that column
+    when both act on the same component (zero otherwise). Returns the stacked vectors
+    ``V`` ``(..., n_freq, n_vec)`` (columns of ``A``, then ``A_dB``, then the non-zero
+    ``A_dBdB``) and the index of each ``A_dBdB[i, j]`` in ``V`` (None where it is zero).
+    """
+    n_comp, n_param = A.shape[-1], len(comp_of_dB)
+    cols = [A[..., :, c] for c in range(n_comp)] + [A_dB[..., i, :] for i in range(n_param)]
+    second = [[None] * n_param for _ in range(n_param)]
+    if A_dBdB is not None:
+        for i in range(n_param):
+            for j in range(i, n_param):
+                if comp_of_dB[i] == comp_of_dB[j]:
+                    second[i][j] = second[j][i] = len(cols)
+                    cols.append(A_dBdB[..., i, j, :])
+    shape = jnp.broadcast_shapes(*(c.shape for c in cols))
+    return jnp.stack([jnp.broadcast_to(c, shape) for c in cols], -1), second
+
+
+def _row_plus_transpose(n_comp, row, values, dtype):
+    """The (n_comp, n_comp) blocks with ``values`` (..., n_comp) in row ``row``, plus the
+    transpose: the derivative of ``X^T Y`` when one column of ``X`` moves."""
+    e = jnp.zeros((n_comp,), dtype).at[row].set(1)
+    m = _lead(e[:, None], values.ndim + 1) * values[..., None, :]
+    return m + _T(m)
+
+
+def _entry_plus_transpose(n_comp, row, col, value, dtype):
+    e = jnp.zeros((n_comp, n_comp), dtype).at[row, col].set(1)
+    m = value[..., None, None] * _lead(e, value.ndim + 2)
+    return m + _T(m)
+
+
+def _normal_derivatives(G, n_comp, comp_of_dB, second):
+    """First and second parameter derivatives of ``A^T X A`` from the Gram matrix ``G``
+    (``V^T X V`` of :func:`_column_basis`): ``(..., n_param, c, c)`` and
+    ``(..., n_param, n_param, c, c)``."""
+    n_param = len(comp_of_dB)
+    dtype = G.dtype
+    first = [
+        _row_plus_transpose(n_comp, comp_of_dB[i], G[..., n_comp + i, :n_comp], dtype)
+        for i in range(n_param)
+    ]
+    rows = []
+    for i in range(n_param):
+        row = []
+        for j in range(n_param):
+            m = _entry_plus_transpose(
+                n_comp, comp_of_dB[i], comp_of_dB[j], G[..., n_comp + i, n_comp + j], dtype
+            )
+            if second[i][j] is not None:
+                m = m + _row_plus_transpose(n_comp, comp_of_dB[i], G[..., second[i][j], :n_comp],
+                                            dtype)  # fmt: skip
+            row.append(m)
+        rows.append(jnp.stack(row, -3))
+    return jnp.stack(first, -3), jnp.stack(rows, -4)
+
+
+def logL_hessian_from_covariance(A, A_dB, A_dBdB, comp_of_dB, C, invN=None):
+    r"""Fast-path $\log L$, its gradient and its Hessian in the parameters, in closed form.
+
+    $\log L = \tfrac12 \mathrm{tr}(K B)$ with $K = M^{-1}$, $M = A^T N^{-1} A$ and
+    $B = A^T C A$. With $M_i$, $B_i$, $M_{ij}$, $B_{ij}$ their parameter derivatives
+    (from the SED derivatives, see :meth:`MixingMatrix.taylor`):
+
+    * $\partial_i \log L = \tfrac12[\mathrm{tr}(K B_i) - \mathrm{tr}(K M_i K B)]$,
+    * $\partial_i\partial_j \log L = \tfrac12[\mathrm{tr}(K B_{ij}) - \mathrm{tr}(K M_{ij} K B)
+      - \mathrm{tr}(K M_i K B_j) - \mathrm{tr}(K M_j K B_i)
+      + \mathrm{tr}(K M_i K M_j K B) + \mathrm{tr}(K M_j K M_i K B)]$.
+
+    Every matrix is ``n_comp x n_comp`` once the Gram matrices of the few columns involved
+    are formed (one column per parameter, as fgbuster's ``comp_of_dB``), so the cost per
+    patch is that of a handful of ``n_freq``-long dot products: no autodiff through the
+    SEDs' expressions, which is what made the batched patch fits slow.
+
+    Args:
+        A: ``(..., n_freq, n_comp)``.
+        A_dB: ``(..., n_param, n_freq)``: derivative of column ``comp_of_dB[i]``.
+        A_dBdB: ``(..., n_param, n_param, n_freq)``, or None for the gradient only
+            (the Hessian is then None).
+        comp_of_dB: Column of each parameter (ints, static).
+        C: ``(..., n_freq, n_freq)`` from :func:`data_covariance` with the same ``invN``.
+        invN: As in :func:`logL`.
+
+    Returns:
+        ``(logL, grad (n_param,), hess (n_param, n_param) or None, singular)``, summed over
+        the leading blocks.
+    """
+    comp_of_dB = tuple(int(c) for c in comp_of_dB)
+    invN = _as_invN(invN)
+    n_comp = A.shape[-1]
+    V, second = _column_basis(A, A_dB, A_dBdB, comp_of_dB)
+    # Gram matrices: n_freq-long contractions, where einsum's dot beats multiply-and-sum
+    G = jnp.einsum("...fa,...fb->...ab", V, _apply_invN(invN, V))  # V^T N^-1 V
+    Bq = jnp.einsum("...fa,...fg,...gb->...ab", V, C, V)  # V^T C V
+    G, Bq = jnp.broadcast_arrays(G, Bq)
+    K, singular = _spd_inverse(G[..., :n_comp, :n_comp], _masked(invN))
+    B = Bq[..., :n_comp, :n_comp]
+    KB = _mm(K, B)
+    value = 0.5 * jnp.sum(_T(K) * B)
+    if not comp_of_dB:
+        return value, jnp.zeros((0,), A.dtype), jnp.zeros((0, 0), A.dtype), jnp.any(singular)
+    M1, M2 = _normal_derivatives(G, n_comp, comp_of_dB, second)
+    B1, B2 = _normal_derivatives(Bq, n_comp, comp_of_dB, second)
+    Kx = K[..., None, :, :]
+    KM1 = _mm(Kx, M1)  # (..., p, c, c)
+    KB1 = _mm(Kx, B1)
+    KBK = _mm(KB, K)
+    lead = tuple(range(KM1.ndim - 3))
+
+    def tr(x, y):  # tr(x y) over the matrix axes, summed over the blocks
+        return jnp.sum(x * _T(y), axis=(-2, -1))
+
+    grad = 0.5 * jnp.sum(
+        jnp.trace(KB1, axis1=-2, axis2=-1) - tr(M1, KBK[..., None, :, :]), axis=lead
+    )
+    if A_dBdB is None:
+        return value, grad, None, jnp.any(singular)
+    KMi, KMj = KM1[..., :, None, :, :], KM1[..., None, :, :, :]
+    KBi, KBj = KB1[..., :, None, :, :], KB1[..., None, :, :, :]
+    KBx = KB[..., None, None, :, :]
+    hess = 0.5 * jnp.sum(
+        tr(Kx[..., None, :, :], B2)
+        - tr(M2, KBK[..., None, None, :, :])
+        - tr(KMi, KBj)
+        - tr(KMj, KBi)
+        + tr(_mm(KMi, KMj), KBx)
+        + tr(_mm(KMj, KMi), KBx),
+        axis=lead,
+    )
+    return value, grad, hess, jnp.any(singular)
+
+
+def fisher_from_amplitude_covariance(A, A_dB, comp_of_dB, S, invN=None):
+    r"""fgbuster's Fisher matrix of the spectral parameters from $\sum_p s_p s_p^T$.
+
+    $F_{ij} = \sum_p (\partial_i A\, s_p)^T (N^{-1} - N^{-1} A M^{-1} A^T N^{-1})
+    (\partial_j A\, s_p)$ (:func:`fisher_logL_dB_dB`); with one column per parameter it is
+    $(a_i^T D a_j)\, S_{c_i c_j}$ where $S = \sum_p s_p s_p^T$ over the pixels sharing
+    ``A`` and ``invN``: no per-pixel work.
+
+    Args:
+        A: ``(..., n_freq, n_comp)``; A_dB: ``(..., n_param, n_freq)``; comp_of_dB: ints.
+        S: ``(..., n_comp, n_comp)``: sum of the outer products of the amplitudes.
+        invN: As in :func:`logL`.
+
+    Returns:
+        ``(n_param, n_param)`` summed over the leading blocks.
+    """
+    comp_of_dB = tuple(int(c) for c in comp_of_dB)
+    invN = _as_invN(invN)
+    n_comp = A.shape[-1]
+    V, _ = _column_basis(A, A_dB, None, comp_of_dB)
+    G = jnp.einsum("...fa,...fb->...ab", V, _apply_invN(invN, V))
+    K, _ = _spd_inverse(G[..., :n_comp, :n_comp], _masked(invN))
+    Ga = G[..., n_comp:, :n_comp]  # a_i^T N^-1 A
+    D = G[..., n_comp:, n_comp:] - _mm(_mm(Ga, K), _T(Ga))
+    cols = jnp.asarray(comp_of_dB)
+    Sij = S[..., cols[:, None], cols[None, :]]
+    D, Sij = jnp.broadcast_arrays(D, Sij)
+    return jnp.sum(D * Sij, axis=tuple(range(D.ndim - 2)))

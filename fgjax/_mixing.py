@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -124,6 +125,50 @@ class MixingMatrix(tuple):
                 f"got {x.shape}."
             )
         return MixingMatrix.eval(self, nu, *(x[..., i] for i in range(self.n_param)))
+
+    def taylor(self, nu, x, second: bool = True):
+        """``A`` and its parameter derivatives at ``x`` (pure form), fgbuster's compressed way.
+
+        Each parameter moves one column (``comp_of_param``), so its derivatives are vectors.
+
+        Args:
+            nu: Frequencies or bandpasses.
+            x: ``(..., n_param)``.
+            second: Also return the second derivatives.
+
+        Returns:
+            ``A`` ``(..., n_freq, n_comp)``; ``A_dB`` ``(..., n_param, n_freq)``, the
+            derivative of column ``comp_of_param[i]``; ``A_dBdB``
+            ``(..., n_param, n_param, n_freq)`` (zero for parameters of different
+            components), or None when ``second`` is False. Forward-mode autodiff of the
+            SEDs, batched over the leading axes.
+        """
+        freqs = as_frequencies(nu)
+        x = jnp.asarray(x)
+        A = self(freqs, x)
+        lead, n_param, n_freq = x.shape[:-1], self.n_param, A.shape[-2]
+        A = jnp.broadcast_to(A, lead + A.shape[-2:])  # also without free parameter
+        if n_param == 0:
+            zeros = jnp.zeros(lead + (0, n_freq), A.dtype)
+            return A, zeros, (jnp.zeros(lead + (0, 0, n_freq), A.dtype) if second else None)
+        flat = x.reshape((-1, n_param))
+        cols = jnp.asarray(self._comp_of_param, dtype=jnp.int32)
+        idx = jnp.arange(n_param)
+
+        def one(t):
+            return MixingMatrix.__call__(self, freqs, t)
+
+        J = jax.vmap(jax.jacfwd(one))(flat)  # (n, n_freq, n_comp, n_param)
+        A_dB = jnp.moveaxis(J[:, :, cols, idx], 1, -1)  # (n, n_param, n_freq)
+        A_dB = A_dB.reshape(lead + (n_param, n_freq))
+        if not second:
+            return A, A_dB, None
+        H = jax.vmap(jax.jacfwd(jax.jacfwd(one)))(flat)  # (n, f, c, i, j)
+        H = H[:, :, cols, idx, :]  # (n, f, i, j): column of parameter i
+        same = cols[:, None] == cols[None, :]
+        H = jnp.where(same[None, None], H, 0)
+        A_dBdB = jnp.moveaxis(H, 1, -1).reshape(lead + (n_param, n_param, n_freq))
+        return A, A_dB, A_dBdB
 
     def diff(self, nu, *params) -> list | None:
         """Derivative of ``A`` with respect to each parameter: its component's column only.

@@ -12,11 +12,14 @@ How a fit runs. The data are reduced once: pixels that share their mixing matrix
 *group* (a patch, or for adaptive fits a unique combination of clusters), and with a noise
 shared inside a group the likelihood depends on the data only through the per-group
 $\sum N^{-1} d d^T N^{-1}$ (the fast path of :mod:`fgjax._likelihood`; pixel-dependent
-noise takes the general per-pixel path). Independent patches are then fitted together by a
-batched damped Newton method with the exact (autodiff) Hessian, in one compiled
-``lax.while_loop`` (no Python loop over patches); joint fits assemble the full Hessian of
-all the cluster values from the per-group blocks. The likelihood, its by-products and the
-Fisher matrix all come from :mod:`fgjax._likelihood`.
+noise takes the general per-pixel path). Independent patches are then fitted together by
+the batched damped Newton method of :func:`fgjax._optimize.batched_newton` with exact
+Hessians: on the fast path in closed form from the SED derivatives
+(:func:`fgjax._likelihood.logL_hessian_from_covariance`), otherwise by autodiff. The
+patches iterate together in compiled loops; every few iterations the ones still running
+are gathered into a smaller batch (no Python loop over patches). Joint fits assemble the
+full Hessian of all the cluster values from the per-group blocks. The likelihood, its
+by-products and the Fisher matrix all come from :mod:`fgjax._likelihood`.
 
 An explicit ``method`` (SciPy or optax) hands the fit itself to
 :func:`fgjax._optimize.comp_sep` / ``multi_comp_sep``; the outputs are the same functions
@@ -43,8 +46,16 @@ import numpy as np
 from . import _healpix as hpx
 from ._bandpass import as_frequencies
 from ._constants import UNSEEN
-from ._likelihood import DiagonalInvN, Wd, invAtNA, logL, logL_from_covariance
+from ._likelihood import (
+    DiagonalInvN,
+    Wd,
+    fisher_from_amplitude_covariance,
+    invAtNA,
+    logL,
+    logL_hessian_from_covariance,
+)
 from ._mixing import MixingMatrix
+from ._optimize import batched_newton, newton_iterate, newton_result, newton_start
 
 __all__ = [
     "SeparationResult",
@@ -56,9 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_N_LINE_SEARCH = 10  # backtracking: step lengths 1, 1/2, ..., 2^-9 (then the patch stops)
 _DEFAULT_MAXITER = 200
-_DEC_TOL = 1e-4  # Newton decrement (-logL units): the last step is below 1e-2 sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +166,7 @@ def _delegated(kwargs: dict) -> dict:
 
 def _delegate_patches(setup, invN, group, n_group, X0, lo, hi, kwargs):
     """Fit with :func:`fgjax._optimize.multi_comp_sep` / ``comp_sep`` (SciPy or optax)."""
-    from ._optimize import comp_sep, multi_comp_sep
+    from ._optimize import comp_sep, multi_comp_sep  # noqa: PLC0415
 
     mm, freqs = setup.mm, setup.freqs
 
@@ -243,33 +252,19 @@ def _mixing(mm, freqs, theta):
     return jnp.broadcast_to(A, (theta.shape[0],) + A.shape[-2:])
 
 
-def _fast_one(mm, freqs, pw, C_g, t):
-    """-logL of one group from its data covariance C_g (S, n_freq, n_freq), whitened.
+def _fast_vgh(mm, freqs, pw, C, theta):
+    """-logL, gradient and Hessian per group (closed form, :mod:`fgjax._likelihood`)."""
+    A, A_dB, A_dBdB = mm.taylor(freqs, theta)
+    comp = tuple(mm.comp_of_param)
+    Aw = pw[None, :, :, None] * A[:, None]  # (n_group, S, n_freq, n_comp)
+    aw = pw[None, :, None, :] * A_dB[:, None]  # (n_group, S, n_param, n_freq)
+    bw = pw[None, :, None, None, :] * A_dBdB[:, None]
 
-    Returns ``(value, singular)``.
-    """
-    A = mm(freqs, t)  # (n_freq, n_comp)
-    Aw = pw[:, :, None] * A[None]  # (S, n_freq, n_comp)
-    val, singular = logL_from_covariance(Aw, C_g)
-    return -val, jnp.any(singular)
+    def one(Aw_g, aw_g, bw_g, C_g):
+        return logL_hessian_from_covariance(Aw_g, aw_g, bw_g, comp, C_g)
 
-
-def _fast_values(mm, freqs, pw, C, theta):
-    """-logL per group from data covariances C (n_group, S, n_freq, n_freq), whitened."""
-    return jax.vmap(lambda C_g, t: _fast_one(mm, freqs, pw, C_g, t))(C, theta)
-
-
-def _group_vgh(one, theta, data):
-    """Value, gradient and Hessian of ``one(t, *data_g)`` for every group (vmapped)."""
-
-    def per(t, *dg):
-        def fn(u):
-            return one(u, *dg)
-
-        v, g = jax.value_and_grad(fn)(t)
-        return v, g, jax.hessian(fn)(t)
-
-    return jax.vmap(per)(theta, *data)
+    f, g, H, singular = jax.vmap(one)(Aw, aw, bw, C)
+    return jnp.where(singular, jnp.inf, -f), -g, -H
 
 
 def _pixel_values(mm, freqs, n_group, group, d, n_inv, theta):
@@ -291,133 +286,37 @@ def _value_grad_hess(values, theta):
 
     ``values(theta) -> ((n_group,), flags)`` depends on row ``g`` of ``theta`` only, so
     the gradient of the sum gives every group's gradient and ``n_param`` batched
-    Hessian-vector products give every group's Hessian.
+    Hessian-vector products give every group's Hessian. Flagged (singular) groups get an
+    infinite value.
     """
     n_param = theta.shape[-1]
 
     def total(t):
-        v = values(t)[0]
-        return jnp.sum(v), v
+        v, flags = values(t)
+        return jnp.sum(v), (v, flags)
 
     def grad(t):
-        g, v = jax.grad(total, has_aux=True)(t)
-        return g, v
+        g, aux = jax.grad(total, has_aux=True)(t)
+        return g, aux
 
-    (g, f), lin = jax.linearize(grad, theta)
+    (g, (f, flags)), lin = jax.linearize(grad, theta)
     eye = jnp.eye(n_param, dtype=theta.dtype)
     tangents = jnp.broadcast_to(eye[:, None, :], (n_param,) + theta.shape)
     H = jax.vmap(lambda v: lin(v)[0])(tangents)  # (k, g, i)
-    return f, g, jnp.moveaxis(H, 0, -1)
-
-
-# -- batched damped Newton --------------------------------------------------------------------
-def _newton_direction(g, H):
-    """Newton step and Newton decrement ``g^T H^-1 g``, batched over problems.
-
-    Cholesky when every Hessian is positive definite; otherwise the eigendecomposition with
-    |eigenvalues| floored (a saddle-free Newton step).
-    """
-    L = jnp.linalg.cholesky(H)
-    positive = jnp.all(jnp.isfinite(L))
-
-    def by_cholesky(_):
-        y = jax.scipy.linalg.solve_triangular(L, g[..., None], lower=True)[..., 0]
-        p = -jax.scipy.linalg.solve_triangular(L, y[..., None], lower=True, trans=1)[..., 0]
-        return p, jnp.sum(y * y, axis=-1)
-
-    def by_eigh(_):
-        e, V = jnp.linalg.eigh(H)
-        scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True)
-        tiny = jnp.finfo(g.dtype).tiny
-        e_abs = jnp.maximum(jnp.abs(e), 1e-12 * scale + tiny)
-        coef = jnp.einsum("bji,bj->bi", V, g) / e_abs
-        p = -jnp.einsum("bij,bj->bi", V, coef)
-        return p, jnp.sum(coef * coef * e_abs, axis=-1)
-
-    return jax.lax.cond(positive, by_cholesky, by_eigh, None)
-
-
-def _newton(vgh, fval, X0, lo, hi, maxiter):
-    r"""Minimise ``n_b`` independent problems ``(n_b, n_p)`` at once.
-
-    ``vgh(X) -> (f, g, H)`` of shapes ``(n_b,)``, ``(n_b, n_p)``, ``(n_b, n_p, n_p)``;
-    ``fval(X) -> (n_b,)`` (``inf`` where the mixing matrix is singular). Each iteration
-    backtracks (Armijo, step halved per problem until accepted); a problem stops after the
-    step whose Newton decrement $g^T H^{-1} g$ (the squared step in units of the
-    parameters' errors) is below ``_DEC_TOL`` or the resolution of its objective, or when no
-    step decreases it.
-    """
-    dtype = X0.dtype
-    n_b = X0.shape[0]
-    eps = jnp.finfo(dtype).eps
-    half = jnp.asarray(0.5, dtype)
-
-    def line_search(X, f, p, dec, skip):
-        def cond(ls):
-            _, accepted, _, _, k = ls
-            return (k < _N_LINE_SEARCH) & ~jnp.all(accepted)
-
-        def body(ls):
-            t, accepted, X_acc, f_acc, k = ls
-            trial = jnp.clip(X + t[:, None] * p, lo[None], hi[None])
-            ft = fval(trial)
-            ok = (ft <= f - 1e-4 * t * dec) & ~accepted
-            X_acc = jnp.where(ok[:, None], trial, X_acc)
-            f_acc = jnp.where(ok, ft, f_acc)
-            accepted = accepted | ok
-            return jnp.where(accepted, t, t * half), accepted, X_acc, f_acc, k + 1
-
-        init = (jnp.ones(n_b, dtype), skip, X, f, jnp.asarray(0))
-        t, accepted, X_acc, f_acc, _ = jax.lax.while_loop(cond, body, init)
-        return X_acc, f_acc, t, accepted & ~skip
-
-    def cond(state):
-        _, it, done, _, _ = state
-        return (it < maxiter) & ~jnp.all(done)
-
-    def body(state):
-        X, it, done, nit, dec_prev = state
-        f, g, H = vgh(X)
-        p, dec = _newton_direction(g, H)
-        converged = dec <= _DEC_TOL
-        # below the rounding of f, the line search cannot judge a step: take full Newton
-        # steps (gradient and Hessian are still accurate) while the decrement decreases
-        noisy = dec <= 1e3 * eps * (jnp.abs(f) + 1.0)
-        floor = noisy & (dec >= dec_prev)
-        X_ls, f_ls, t, moved = line_search(X, f, p, dec, done | noisy)
-        full = jnp.clip(X + p, lo[None], hi[None])
-        X_new = jnp.where(noisy[:, None], full, X_ls)
-        X_new = jnp.where((done | floor)[:, None], X, X_new)
-        nit = nit + (~done).astype(nit.dtype)
-        # a full step that no longer changes the objective: converged, or drifting along a
-        # flat direction (e.g. an unconstrained dust temperature) where nothing is gained
-        stalled = moved & (t == 1) & (f - f_ls <= 1e-12 * (jnp.abs(f) + 1.0))
-        failed = ~noisy & ~moved
-        done = done | converged | floor | failed | stalled | ~jnp.isfinite(dec)
-        return X_new, it + 1, done, nit, dec
-
-    inf = jnp.full((n_b,), jnp.inf, dtype)
-    init = (X0, jnp.asarray(0), jnp.zeros(n_b, bool), jnp.zeros(n_b, jnp.int32), inf)
-    X, _, done, nit, _ = jax.lax.while_loop(cond, body, init)
-    return X, done, nit
+    return jnp.where(flags, jnp.inf, f), g, jnp.moveaxis(H, 0, -1)
 
 
 # -- compiled fits ----------------------------------------------------------------------------
 @eqx.filter_jit
-def _fit_patches_fast(mm, freqs, pw, C, X0, lo, hi, maxiter):
-    """Independent fits, one per group (fast path)."""
+def _patches_start(mm, freqs, pw, C, X0, lo, hi):
+    """Newton state of independent fits, one per group (fast path)."""
+    return newton_start(partial(_fast_vgh, mm, freqs, pw, C), X0, lo, hi)
 
-    def one(t, C_g):
-        return _fast_one(mm, freqs, pw, C_g, t)[0]
 
-    def vgh(theta):
-        return _group_vgh(one, theta, (C,))
-
-    def fval(theta):
-        v, singular = _fast_values(mm, freqs, pw, C, theta)
-        return jnp.where(singular, jnp.inf, v)
-
-    return _newton(vgh, fval, X0, lo, hi, maxiter)
+@eqx.filter_jit
+def _patches_iterate(mm, freqs, pw, C, state, lo, hi, n_iter):
+    """``n_iter`` more Newton iterations of the groups in ``state`` (fast path)."""
+    return newton_iterate(partial(_fast_vgh, mm, freqs, pw, C), state, lo, hi, n_iter)
 
 
 @eqx.filter_jit
@@ -428,50 +327,58 @@ def _fit_patches_pixel(mm, freqs, group, d, n_inv, X0, lo, hi, maxiter):
     def values(theta):
         return _pixel_values(mm, freqs, n_group, group, d, n_inv, theta)
 
-    def vgh(theta):
-        return _value_grad_hess(values, theta)
-
-    def fval(theta):
-        v, singular = values(theta)
-        return jnp.where(singular, jnp.inf, v)
-
-    return _newton(vgh, fval, X0, lo, hi, maxiter)
+    return batched_newton(partial(_value_grad_hess, values), X0, lo, hi, maxiter)
 
 
-_FIRST_ROUND = 12  # Newton iterations for all the patches before the stragglers are compacted
+@jax.jit
+def _take_groups(tree, take):
+    return jax.tree_util.tree_map(lambda a: a[take], tree)
+
+
+_ROUND = 2  # Newton iterations between two compactions of the batch of patches
+_MIN_BATCH = 8  # smallest compacted batch (batch sizes are powers of two: few programs)
 
 
 def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
-    """:func:`_fit_patches_fast`, with the patches still running after a first round
-    gathered into a smaller batch (a power of two) for the remaining iterations, so a few
-    slow patches do not cost a full batch per iteration. A host loop over rounds (at most
-    a few), never over patches."""
+    """Independent fits, one per group, in one batch that shrinks as the groups converge.
+
+    All the groups iterate together for a few Newton iterations (one compiled loop); then
+    the ones still running are gathered, with their whole Newton state, into a batch of
+    the next power of four (padded with copies of one of them; few batch sizes, so few
+    compiled programs), and so on: the cost follows
+    the number of groups still running rather than the slowest one. A host loop over
+    rounds (about ``log2(n_group)`` of them), never over groups.
+    """
     n_group = X0.shape[0]
-    first = min(maxiter, _FIRST_ROUND) if n_group > 64 else maxiter
-    X, done, nit = _fit_patches_fast(mm, freqs, pw, C, jnp.asarray(X0), lo, hi, jnp.asarray(first))
-    left = maxiter - first
-    done_np = np.asarray(done)
-    while left > 0 and not done_np.all():
-        idx = np.nonzero(~done_np)[0]
-        size = max(8, 1 << int(np.ceil(np.log2(idx.size))))
-        take = np.concatenate((idx, np.full(size - idx.size, idx[0])))
-        take_j = jnp.asarray(take)
-        Xs, ds, ns = _fit_patches_fast(
-            mm, freqs, pw, C[take_j], X[take_j], lo, hi, jnp.asarray(left)
-        )
-        sel = jnp.asarray(idx)
-        X = X.at[sel].set(Xs[: idx.size])
-        nit = nit.at[sel].add(ns[: idx.size])
-        done = done.at[sel].set(ds[: idx.size])
-        done_np = np.asarray(done)
-        left = 0  # the second round ran to convergence or to maxiter
+    state = _patches_start(mm, freqs, pw, C, jnp.asarray(X0), lo, hi)
+    X, done, nit = (np.array(a) for a in newton_result(state))
+    idx = np.arange(n_group)  # the groups of the current batch
+    left = int(maxiter)
+    while left > 0:
+        small = idx.size <= _MIN_BATCH
+        k = left if small or n_group <= 64 else min(_ROUND, left)
+        state = _patches_iterate(mm, freqs, pw, C, state, lo, hi, jnp.asarray(k))
+        left -= k
+        running = ~np.asarray(state["done"])
+        if left == 0 or not running.any() or small:
+            break
+        size = max(_MIN_BATCH, 4 ** int(np.ceil(np.log(running.sum()) / np.log(4))))
+        if size < idx.size:  # compact: keep the running groups only
+            for out, a in zip((X, done, nit), newton_result(state), strict=True):
+                out[idx] = np.asarray(a)
+            keep = np.nonzero(running)[0]
+            keep = np.concatenate((keep, np.full(size - keep.size, keep[0])))
+            state, C = _take_groups((state, C), jnp.asarray(keep))
+            idx = idx[keep]
+    for out, a in zip((X, done, nit), newton_result(state), strict=True):
+        out[idx] = np.asarray(a)
     return X, done, nit
 
 
-def _joint_vgh(one, data, gidx, n_x, x):
-    """Value, gradient, Hessian of ``sum_g one(x[gidx[g]], *data_g)`` in the joint x."""
-    theta = x[gidx]  # (n_group, n_param)
-    f, g, H = _group_vgh(one, theta, data)
+def _joint_vgh(group_vgh, gidx, n_x, x):
+    """Value, gradient, Hessian of ``sum_g f_g(x[gidx[g]])`` in the joint x, from the
+    per-group ``group_vgh(theta) -> (f, g, H)``."""
+    f, g, H = group_vgh(x[gidx])  # theta: (n_group, n_param)
     g_x = jnp.zeros((n_x,), x.dtype).at[gidx].add(g)
     H_x = jnp.zeros((n_x, n_x), x.dtype).at[gidx[:, :, None], gidx[:, None, :]].add(H)
     return jnp.sum(f), g_x, H_x
@@ -482,18 +389,11 @@ def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter):
     """One joint fit of all the cluster values (fast path)."""
     n_x = x0.shape[0]
 
-    def one(t, C_g):
-        return _fast_one(mm, freqs, pw, C_g, t)[0]
-
     def vgh(X):
-        f, g, H = _joint_vgh(one, (C,), gidx, n_x, X[0])
+        f, g, H = _joint_vgh(partial(_fast_vgh, mm, freqs, pw, C), gidx, n_x, X[0])
         return f[None], g[None], H[None]
 
-    def fval(X):
-        v, singular = _fast_values(mm, freqs, pw, C, X[0][gidx])
-        return jnp.where(jnp.any(singular), jnp.inf, jnp.sum(v))[None]
-
-    X, done, nit = _newton(vgh, fval, x0[None], lo, hi, maxiter)
+    X, done, nit = batched_newton(vgh, x0[None], lo, hi, maxiter)
     return X[0], done[0], nit[0]
 
 
@@ -530,29 +430,44 @@ def _directional_fisher(loglike, n_param, dtype):
 
 
 @eqx.filter_jit
-def _post_fast(mm, freqs, pw, theta, group, d, order, slot, n_group, max_count):
+def _post_fast(mm, freqs, pw, theta, d, layout):
     """Outputs of a fit with noise shared by the pixels of each group (prewhitening ``pw``).
 
-    ``invAtNA`` is per group and Stokes; the Fisher matrix is fgbuster's, per group: minus
-    the Hessian of logL for the noise-free data ``A s`` along the derivatives of ``A``.
+    Everything runs per group on the chunked layout (:class:`_Layout`): no per-pixel copy
+    of ``A`` or of its derivatives. ``invAtNA`` is per group and Stokes. The Fisher matrix
+    is fgbuster's (``fisher_logL_dB_dB`` at the separated ``s``), from each group's
+    ``sum s s^T``. ``chi_dB`` is ``chi`` projected on the prewhitened ``dA/dx_i s``: with
+    one column per parameter that is ``sign(s_c) chi . a_i / |a_i|``.
+
+    Returns:
+        ``s`` (n_pix, S, n_comp), ``chi`` (n_pix, S, n_freq), ``chi_dB``
+        (n_param, n_pix, S) or None, ``invAtNA`` (n_group, S, c, c), Fisher
+        (n_group, n_param, n_param) or None.
     """
-    s, chi, chi_dB, A, dA = _separate(mm, freqs, theta, group, d, pw[None])
+    A, A_dB, _ = mm.taylor(freqs, theta, second=False)
     Aw = pw[None, :, :, None] * A[:, None]  # (n_group, S, n_freq, n_comp)
-    inv = invAtNA(Aw, None, throw=False)
+    inv = invAtNA(Aw, None, throw=False)  # (n_group, S, c, c)
+    W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
+    ch = layout.chunk_group
+    dpad = layout.pad(pw[None] * d)  # (n_chunk, K, S, n_freq)
+    spad = jnp.einsum("nscf,nksf->nksc", W[ch], dpad)
+    chipad = dpad - jnp.einsum("nsfc,nksc->nksf", Aw[ch], spad)
+    s, chi = layout.unpad(spad), layout.unpad(chipad)
     if mm.n_param == 0:
-        return s, chi, chi_dB, inv, None
-    model = jnp.einsum("psfc,psc->psf", Aw[group], s)
-    C = _padded_covariance(model, order, slot, n_group, max_count)
-    dAw = pw[None, None, :, :, None] * dA[:, :, None]  # (n_group, n_param, S, f, c)
-
-    def one(Aw_g, dAw_g, C_g):
-        return _directional_fisher(
-            lambda t: logL_from_covariance(Aw_g + jnp.tensordot(t, dAw_g, 1), C_g)[0],
-            mm.n_param,
-            Aw_g.dtype,
-        )
-
-    return s, chi, chi_dB, inv, jax.vmap(one)(Aw, dAw, C)
+        return s, chi, None, inv, None
+    cols = jnp.asarray(mm.comp_of_param)
+    aw = pw[None, None] * A_dB[:, :, None]  # (n_group, n_param, S, n_freq)
+    unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
+    proj = jnp.einsum("nksf,npsf->pnks", chipad, unit[ch])
+    sign = jnp.sign(jnp.moveaxis(spad[..., cols], -1, 0))  # (n_param, n_chunk, K, S)
+    chi_dB = jax.vmap(layout.unpad)(proj * sign)
+    S_g = layout.group_sum(jnp.einsum("nksc,nksC->nscC", spad, spad))
+    aw_s = jnp.swapaxes(aw, 1, 2)  # (n_group, S, n_param, n_freq)
+    comp = tuple(mm.comp_of_param)
+    F = jax.vmap(lambda A_, a_, S_: fisher_from_amplitude_covariance(A_, a_, comp, S_))(
+        Aw, aw_s, S_g
+    )
+    return s, chi, chi_dB, inv, F
 
 
 @eqx.filter_jit
@@ -577,31 +492,90 @@ def _post_pixel(mm, freqs, theta, group, d, n_inv, n_group):
     return s, chi, chi_dB, inv, jax.ops.segment_sum(F_pix, group, num_segments=n_group)
 
 
-def _padded_covariance(dw, order, slot, n_group: int, max_count: int):
-    """Per (group, Stokes) sums of outer products of whitened data: (n_group, S, f, f).
+class _Layout(eqx.Module):
+    """The pixels sorted by group and cut into chunks of ``K`` pixels, each chunk inside
+    one group (the last chunk of a group zero-padded).
 
-    ``order`` sorts the pixels by group; ``slot`` is each sorted pixel's (group, position):
-    the pixels of each group are padded to ``max_count`` and reduced by one batched matrix
-    product, so memory stays about the size of the data (no per-pixel outer products).
+    Per-group work then runs as batched products over ``(n_chunk, K)`` blocks whose size is
+    that of the data (at most ``n_group * (K - 1)`` padding pixels), whatever the group
+    sizes: equal patches of ``K`` pixels are exactly one chunk each, and a cluster holding
+    most of the sky is many chunks (no padding to the largest group).
     """
-    S, n_freq = dw.shape[1:]
-    padded = jnp.zeros((n_group * max_count, S, n_freq), dw.dtype).at[slot].set(dw[order])
-    padded = padded.reshape(n_group, max_count, S, n_freq)
-    return jnp.einsum("gpsf,gpsk->gsfk", padded, padded)
+
+    order: jax.Array  # pixel indices sorted by group
+    slot: jax.Array  # position of each sorted pixel in the padded (n_chunk * K) layout
+    where: jax.Array  # position of each pixel (original order) in the padded layout
+    chunk_group: jax.Array  # (n_chunk,) group of each chunk
+    K: int = eqx.field(static=True)
+    n_group: int = eqx.field(static=True)
+
+    @property
+    def n_chunk(self) -> int:
+        return self.chunk_group.shape[0]
+
+    def pad(self, x):
+        """(n_pix, ...) -> (n_chunk, K, ...), zero in the padding."""
+        flat = jnp.zeros((self.n_chunk * self.K,) + x.shape[1:], x.dtype)
+        flat = flat.at[self.slot].set(x[self.order])
+        return flat.reshape((self.n_chunk, self.K) + x.shape[1:])
+
+    def unpad(self, x):
+        """(n_chunk, K, ...) -> (n_pix, ...)."""
+        return x.reshape((-1,) + x.shape[2:])[self.where]
+
+    def group_sum(self, x):
+        """Per-chunk values (n_chunk, ...) summed per group: (n_group, ...)."""
+        if self.n_chunk == self.n_group:  # one chunk per group, in group order
+            return x
+        return jax.ops.segment_sum(
+            x, self.chunk_group, num_segments=self.n_group, indices_are_sorted=True
+        )
 
 
-_group_covariance = partial(jax.jit, static_argnames=("n_group", "max_count"))(_padded_covariance)
+_CHUNK = 64  # pixels per chunk: an nside-8 patch of an nside-64 map is one chunk
 
 
-def _grouping(group: np.ndarray, n_group: int):
-    """``(order, slot, max_count)`` of :func:`_padded_covariance` (host)."""
+def _grouping(group: np.ndarray, n_group: int) -> _Layout:
+    """The :class:`_Layout` of the pixels' group ids (host)."""
+    group = np.asarray(group)
     order = np.argsort(group, kind="stable")
     counts = np.bincount(group, minlength=n_group)
+    K = int(np.clip(counts.max(initial=1), 1, _CHUNK))
+    chunks = -(-counts // K)
+    if chunks.sum() == 0:  # no pixel at all: one empty chunk keeps the shapes valid
+        chunks[0] = 1
+    first_chunk = np.concatenate(([0], np.cumsum(chunks)[:-1]))
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    max_count = max(int(counts.max()), 1)
     g_sorted = group[order]
-    slot = g_sorted * max_count + (np.arange(group.size) - starts[g_sorted])
-    return jnp.asarray(order), jnp.asarray(slot), max_count
+    pos = np.arange(group.size) - starts[g_sorted]
+    slot = (first_chunk[g_sorted] + pos // K) * K + pos % K
+    where = np.empty_like(slot)
+    where[order] = slot
+    chunk_group = np.repeat(np.arange(n_group), chunks)
+    return _Layout(
+        jnp.asarray(order), jnp.asarray(slot), jnp.asarray(where), jnp.asarray(chunk_group),
+        K, int(n_group),
+    )  # fmt: skip
+
+
+def _fold_stokes(pw: np.ndarray, C):
+    """Stokes parameters with the same prewhitening share ``A^T N^-1 A``, so their
+    likelihoods add up to one with the sum of their covariances: ``(pw', C')`` with one
+    row per distinct prewhitening (Q and U with ``depth_p``: half the work of the fit)."""
+    rows, inverse = np.unique(np.asarray(pw), axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    if rows.shape[0] == pw.shape[0]:
+        return jnp.asarray(pw), C
+    C = jnp.stack([C[:, np.nonzero(inverse == u)[0]].sum(axis=1) for u in range(rows.shape[0])], 1)
+    return jnp.asarray(rows, dtype=C.dtype), C
+
+
+@eqx.filter_jit
+def _group_covariance(dw, layout: _Layout):
+    """Per (group, Stokes) sums of outer products of whitened data ``dw`` (n_pix, S, f):
+    ``(n_group, S, f, f)``, by one batched product over the chunks."""
+    padded = layout.pad(dw)
+    return layout.group_sum(jnp.einsum("nksf,nksg->nsfg", padded, padded))
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -741,26 +715,24 @@ def basic_comp_sep(
     group, n_group = _patch_groups(nside, setup)
     dtype = setup.d.dtype
     _warn_x64(jnp.asarray(setup.d[:1]).dtype)
-    pw_j, d_j, group_j = jnp.asarray(pw), jnp.asarray(setup.d), jnp.asarray(group)
-    order, slot, max_count = _grouping(group, n_group)
+    pw_j, d_j = jnp.asarray(pw), jnp.asarray(setup.d)
+    layout = _grouping(group, n_group)
     theta = jnp.zeros((n_group, 0), dtype)
     done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
     if mm.n_param:
         maxiter, lo, hi, x0 = _parse_minimize_kwargs(minimize_kwargs, mm.n_param)
-        C = _group_covariance(d_j * pw_j[None], order, slot, n_group, max_count)
         X0 = _patch_x0(x0, mm, n_group, dtype)
         if minimize_method(minimize_kwargs) in _NEWTON:
+            pw_f, C = _fold_stokes(pw, _group_covariance(d_j * pw_j[None], layout))
             theta, done, nit = _fit_patches_in_rounds(
-                mm, setup.freqs, pw_j, C, X0, jnp.asarray(lo), jnp.asarray(hi), maxiter
+                mm, setup.freqs, pw_f, C, X0, jnp.asarray(lo), jnp.asarray(hi), maxiter
             )
         else:
             invN = DiagonalInvN(pw_j**2)  # (S, n_freq), the prewhitening as a noise
             theta, done, nit = _delegate_patches(
                 setup, invN, group, n_group, X0, lo, hi, minimize_kwargs
             )
-    s, chi, chi_dB, inv, F = _post_fast(
-        mm, setup.freqs, pw_j, theta, group_j, d_j, order, slot, n_group, max_count
-    )
+    s, chi, chi_dB, inv, F = _post_fast(mm, setup.freqs, pw_j, theta, d_j, layout)
     inv = np.asarray(inv)
     if not setup.has_stokes:
         inv = inv[:, 0]
@@ -933,8 +905,8 @@ def adaptive_comp_sep(
     pw = _prewhitening(setup)
     pw_j = jnp.asarray(pw)
     d_j = jnp.asarray(setup.d)
-    order, slot, max_count = _grouping(group, n_group)
-    C = _group_covariance(d_j * pw_j[None], order, slot, n_group, max_count)
+    layout = _grouping(group, n_group)
+    pw_f, C = _fold_stokes(pw, _group_covariance(d_j * pw_j[None], layout))
 
     kwargs = dict(minimize_kwargs)
     checkpoint = kwargs.pop("checkpoint", None)
@@ -958,7 +930,7 @@ def adaptive_comp_sep(
         if loaded is not None:
             x0 = np.asarray(loaded, dtype=dtype)
             maxiter = max(maxiter - start, 0)
-    args = (mm, setup.freqs, pw_j, C, jnp.asarray(gidx))
+    args = (mm, setup.freqs, pw_f, C, jnp.asarray(gidx))
     bounds = (jnp.asarray(lo), jnp.asarray(hi))
     if minimize_method(kwargs) not in _NEWTON:
         if checkpoint is not None:
@@ -968,7 +940,7 @@ def adaptive_comp_sep(
         # Every cluster value belongs to a single group (e.g. equal nsides for all the
         # parameters): independent problems, fitted per group with their own step control.
         X, done_g, nit_g = _fit_patches_in_rounds(
-            mm, setup.freqs, pw_j, C, jnp.asarray(x0)[jnp.asarray(gidx)],
+            mm, setup.freqs, pw_f, C, jnp.asarray(x0)[jnp.asarray(gidx)],
             jnp.asarray(lo_p), jnp.asarray(hi_p), maxiter,
         )
         x = np.asarray(x0, dtype=dtype).copy()
@@ -989,10 +961,7 @@ def adaptive_comp_sep(
             np.save(os.path.join(odir, f"iter_{start + nit}.npy"), np.asarray(x))
     x = np.asarray(x, dtype=float)
     theta = jnp.asarray(x)[jnp.asarray(gidx)]
-    group_j = jnp.asarray(group)
-    s, chi, _, inv, H = _post_fast(
-        mm, setup.freqs, pw_j, theta, group_j, d_j, order, slot, n_group, max_count
-    )
+    s, chi, _, inv, H = _post_fast(mm, setup.freqs, pw_j, theta, d_j, layout)
     inv = np.asarray(inv)
     inv = inv[group] if setup.has_stokes else inv[group, 0]
     # Fisher of all the cluster values, assembled from the per-group blocks

@@ -276,3 +276,85 @@ def test_multi_comp_sep_per_pixel_diagonal_noise_and_mask():
     sigma = np.sqrt(np.diagonal(ref.Sigma, axis1=-2, axis2=-1))
     assert np.all(np.abs(res.x - ref.x) < 1e-3 * sigma)
     assert np.all(res.s[:3] == 0) and np.all(np.isfinite(res.chi_dB[0]))
+
+
+@pytest.mark.parametrize("kind", ["none", "diag", "full"])
+def test_closed_form_hessian_equals_autodiff(kind):
+    """logL_hessian_from_covariance against autodiff of logL_from_covariance in x."""
+    from fgjax._likelihood import logL_hessian_from_covariance
+
+    mm = fgjax.MixingMatrix(fgjax.CMB(), fgjax.Dust(nu0=353.0), fgjax.Synchrotron(nu0=30.0))
+    invN = {"none": None, "diag": DiagonalInvN(N_INV), "full": INVN_FULL}[kind]
+    C = data_covariance(D_DATA, invN)
+    x = jnp.array([1.6, 18.0, -2.9])
+
+    def value(x):
+        return logL_from_covariance(mm(NU, x), C, invN)[0]
+
+    A, A_dB, A_dBdB = mm.taylor(NU, x)
+    v, g, H, singular = logL_hessian_from_covariance(A, A_dB, A_dBdB, mm.comp_of_param, C, invN)
+    assert not singular
+    np.testing.assert_allclose(v, value(x), rtol=1e-12)
+    np.testing.assert_allclose(g, jax.grad(value)(x), rtol=1e-9, atol=1e-9 * abs(float(v)))
+    np.testing.assert_allclose(H, jax.hessian(value)(x), rtol=1e-8, atol=1e-9 * abs(float(v)))
+    v2, g2, H2, _ = logL_hessian_from_covariance(A, A_dB, None, mm.comp_of_param, C, invN)
+    assert H2 is None
+    np.testing.assert_allclose(g2, g, rtol=1e-14, atol=1e-14 * abs(float(v)))
+    # Stokes blocks are summed, as every scalar of the module
+    C2 = jnp.stack([C, 2 * C])
+    v3, g3, H3, _ = logL_hessian_from_covariance(A, A_dB, A_dBdB, mm.comp_of_param, C2, invN)
+    # gradients cancel from terms of the size of logL: compare at that scale
+    np.testing.assert_allclose((v3, *g3), (3 * v, *(3 * g)), rtol=1e-12, atol=1e-13 * abs(v3))
+
+
+def test_closed_form_hessian_flags_degenerate_columns():
+    from fgjax._likelihood import logL_hessian_from_covariance
+
+    mm = fgjax.MixingMatrix(fgjax.Synchrotron(nu0=30.0), fgjax.Synchrotron(nu0=70.0))
+    A, A_dB, A_dBdB = mm.taylor(NU, jnp.array([-3.0, -3.0]))  # proportional columns
+    C = data_covariance(D_DATA[..., :1, :])
+    assert logL_hessian_from_covariance(A, A_dB, A_dBdB, mm.comp_of_param, C)[3]
+
+
+def test_fisher_from_amplitude_covariance_equals_fgbuster_fisher():
+    from fgjax._likelihood import fisher_from_amplitude_covariance
+
+    x = X_TRUE + 0.01
+    A = MIXING(x)
+    J = jax.jacfwd(MIXING)(x)
+    cols = MM.comp_of_param
+    A_dB = [J[:, c : c + 1, i] for i, c in enumerate(cols)]
+    s = Wd(A, D_DATA, INVN_FULL)  # (n_pix, 2, n_comp)
+    F_ref = fisher_logL_dB_dB(A, s, A_dB, cols, INVN_FULL)
+    _, A_dB_vec, _ = MM.taylor(NU, x, second=False)
+    S = jnp.einsum("psc,psk->ck", s, s)
+    F = fisher_from_amplitude_covariance(A, A_dB_vec, cols, S, INVN_FULL)
+    np.testing.assert_allclose(F, F_ref, rtol=1e-10)
+    F_diag = fisher_from_amplitude_covariance(A, A_dB_vec, cols, S, DiagonalInvN(N_INV))
+    np.testing.assert_allclose(F_diag, F_ref, rtol=1e-10)
+
+
+def test_batched_newton_solves_independent_problems():
+    """Rosenbrock-like problems with different minima, bounds and one undefined start."""
+    from fgjax._optimize import batched_newton
+
+    centres = jnp.array([[1.0, 1.0], [2.0, 4.0], [-1.0, 1.0], [0.5, 0.25]])
+
+    def one(x, c):
+        return 100 * (x[1] - x[0] ** 2 - (c[1] - c[0] ** 2)) ** 2 + (x[0] - c[0]) ** 2
+
+    def vgh(X):
+        f = jax.vmap(one)(X, centres)
+        g = jax.vmap(jax.grad(one))(X, centres)
+        H = jax.vmap(jax.hessian(one))(X, centres)
+        return f, g, H
+
+    X0 = jnp.array([[-1.2, 1.0], [0.0, 0.0], [1.0, 1.0], [3.0, -2.0]])
+    lo, hi = jnp.array([-jnp.inf, -jnp.inf]), jnp.array([jnp.inf, jnp.inf])
+    X, done, nit = batched_newton(vgh, X0, lo, hi, 200, tol=1e-20)
+    np.testing.assert_allclose(X, centres, atol=1e-8)
+    assert bool(jnp.all(done)) and int(nit.max()) < 200
+    # a bound that excludes the minimum: the solution sits on it
+    X, done, _ = batched_newton(vgh, X0, jnp.array([-jnp.inf, 1.5]), hi, 200, tol=1e-20)
+    assert bool(jnp.all(X[:, 1] >= 1.5))
+    np.testing.assert_allclose(X[1], centres[1], atol=1e-8)

@@ -54,3 +54,26 @@ def test_bad_input():
         MM(NU, jnp.ones(2))
     with pytest.raises(TypeError, match="takes 3 parameters"):
         MM.eval(NU, 1.0)
+
+
+def test_taylor_gives_the_compressed_derivatives_batched():
+    xs = X0[None, None, :] + jnp.linspace(-0.1, 0.1, 6).reshape(2, 3, 1)
+    A, A_dB, A_dBdB = MM.taylor(NU, xs)
+    assert A.shape == (2, 3, NU.size, 3)
+    assert A_dB.shape == (2, 3, MM.n_param, NU.size)
+    assert A_dBdB.shape == (2, 3, MM.n_param, MM.n_param, NU.size)
+    x = xs[1, 2]
+    np.testing.assert_allclose(A[1, 2], MM(NU, x), rtol=1e-15)
+    diff, dd = MM.diff(NU, *x), MM.diff_diff(NU, *x)
+    cols = MM.comp_of_param
+    for i, ci in enumerate(cols):
+        np.testing.assert_allclose(A_dB[1, 2, i], diff[i][:, 0], rtol=1e-12)
+        for j, cj in enumerate(cols):
+            want = dd[i][j][:, 0] if ci == cj else np.zeros(NU.size)
+            np.testing.assert_allclose(A_dBdB[1, 2, i, j], want, rtol=1e-11, atol=0)
+    _, _, none = MM.taylor(NU, xs, second=False)
+    assert none is None
+    fixed = fgjax.MixingMatrix(fgjax.CMB(), fgjax.Dust(353.0, beta_d=1.5, temp=20.0))
+    A, A_dB, A_dBdB = fixed.taylor(NU, jnp.zeros((4, 0)))
+    assert A.shape == (4, NU.size, 2) and A_dB.shape == (4, 0, NU.size)
+    assert A_dBdB.shape == (4, 0, 0, NU.size)

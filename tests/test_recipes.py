@@ -243,3 +243,34 @@ def test_multi_res_with_equal_nsides_equals_basic_patches():
     basic = fgjax.basic_comp_sep(comps, inst, data, nside=1)
     np.testing.assert_allclose(np.stack(multi.x), basic.x, rtol=1e-8)
     np.testing.assert_allclose(np.stack(multi.x), beta, rtol=1e-6)
+
+
+def test_chunked_layout_handles_uneven_and_empty_groups():
+    """One group with most pixels, small ones and an empty one: per-group sums equal a
+    direct reduction, and pad/unpad is the identity on the pixels."""
+    rng = np.random.default_rng(3)
+    n_pix, n_group = 1000, 6
+    group = np.where(rng.random(n_pix) < 0.9, 0, rng.integers(1, 5, n_pix))  # group 5 empty
+    x = rng.normal(size=(n_pix, 2, 4))
+    layout = _recipes._grouping(group, n_group)
+    assert layout.K == _recipes._CHUNK
+    assert layout.n_chunk * layout.K < 2 * n_pix  # no padding to the largest group
+    C = np.asarray(_recipes._group_covariance(x, layout))
+    want = np.zeros((n_group, 2, 4, 4))
+    np.add.at(want, group, x[:, :, :, None] * x[:, :, None, :])
+    np.testing.assert_allclose(C, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(layout.unpad(layout.pad(x))), x)
+
+
+def test_fold_stokes_merges_equal_prewhitening_only():
+    C = np.arange(3 * 3 * 2 * 2, dtype=float).reshape(3, 3, 2, 2)
+    pw = np.array([[1.0, 2.0], [3.0, 4.0], [3.0, 4.0]])  # I apart, Q and U together
+    pw_f, C_f = _recipes._fold_stokes(pw, C)
+    assert C_f.shape == (3, 2, 2, 2)
+    rows = [list(r) for r in np.asarray(pw_f)]
+    iq = rows.index([3.0, 4.0])
+    np.testing.assert_array_equal(np.asarray(C_f[:, iq]), C[:, 1] + C[:, 2])
+    np.testing.assert_array_equal(np.asarray(C_f[:, 1 - iq]), C[:, 0])
+    same, C_same = _recipes._fold_stokes(pw[:2], C[:, :2])
+    np.testing.assert_array_equal(np.asarray(same), pw[:2])
+    np.testing.assert_array_equal(np.asarray(C_same), C[:, :2])
