@@ -771,8 +771,8 @@ def _entry_plus_transpose(n_comp, row, col, value, dtype):
 
 def _normal_derivatives(G, n_comp, comp_of_dB, second):
     """First and second parameter derivatives of ``A^T X A`` from the Gram matrix ``G``
-    (``V^T X V`` of :func:`_column_basis`): ``(..., n_param, c, c)`` and
-    ``(..., n_param, n_param, c, c)``."""
+    (``V^T X V`` of :func:`_column_basis`, the columns of ``A`` and ``A_dB`` on the right
+    are enough): ``(..., n_param, c, c)`` and ``(..., n_param, n_param, c, c)``."""
     n_param = len(comp_of_dB)
     dtype = G.dtype
     first = [
@@ -828,9 +828,11 @@ def logL_hessian_from_covariance(A, A_dB, A_dBdB, comp_of_dB, C, invN=None):
     invN = _as_invN(invN)
     n_comp = A.shape[-1]
     V, second = _column_basis(A, A_dB, A_dBdB, comp_of_dB)
-    # Gram matrices: n_freq-long contractions, where einsum's dot beats multiply-and-sum
-    G = jnp.einsum("...fa,...fb->...ab", V, _apply_invN(invN, V))  # V^T N^-1 V
-    Bq = jnp.einsum("...fa,...fg,...gb->...ab", V, C, V)  # V^T C V
+    # Gram matrices (n_freq-long contractions, where einsum's dot beats multiply-and-sum):
+    # only the columns of A and of A_dB are needed on the right, V^T X [A, A_dB]
+    U = V[..., : n_comp + len(comp_of_dB)]
+    G = jnp.einsum("...fa,...fb->...ab", V, _apply_invN(invN, U))
+    Bq = jnp.einsum("...fa,...fb->...ab", V, jnp.einsum("...fg,...gb->...fb", C, U))
     G, Bq = jnp.broadcast_arrays(G, Bq)
     K, singular = _spd_inverse(G[..., :n_comp, :n_comp], _masked(invN))
     B = Bq[..., :n_comp, :n_comp]

@@ -58,11 +58,13 @@ from ._likelihood import (
     _apply_invN,
     _as_invN,
     _bcast_lead,
+    _cholesky_pivot,
     _invN_lead,
     _logL_core,
     _mm,
     _mv,
     _solve_parts,
+    _unrolled_spd_inverse,
     data_covariance,
     logL_from_covariance,
     whiten,
@@ -670,11 +672,22 @@ def multi_comp_sep(
 NEWTON_TOL = 1e-4  # Newton decrement g^T H^-1 g (objective units): the step is < 1e-2 sigma
 
 
+_SMALL = 4  # up to this many parameters, Newton's linear algebra is unrolled over entries
+
+
+def _is_positive(H):
+    """Positive definite, per problem (Cholesky pivots)."""
+    n = H.shape[-1]
+    if n <= _SMALL:
+        pivots = [_cholesky_pivot(H, j) for j in range(n)]
+        return jnp.all(jnp.stack(pivots, -1) > 0, axis=-1)
+    return jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)), axis=(-2, -1))
+
+
 def _positive_hessians(H):
     """``H`` where positive definite, else its saddle-free form ``V |e| V^T`` (eigenvalue
     magnitudes floored at 1e-12 of the largest): a descent metric for every problem."""
-    L = jnp.linalg.cholesky(H)
-    positive = jnp.all(jnp.isfinite(L), axis=(-2, -1))
+    positive = _is_positive(H)
 
     def saddle_free(_):
         e, V = jnp.linalg.eigh(H)
@@ -687,7 +700,10 @@ def _positive_hessians(H):
 
 
 def _spd_solve(H, g):
-    """``H^-1 g`` for positive definite ``H`` (batched), by Cholesky."""
+    """``H^-1 g`` for positive definite ``H`` (batched): unrolled for a few parameters
+    (elementwise across the problems), else LAPACK's Cholesky."""
+    if H.shape[-1] <= _SMALL:
+        return jnp.sum(_unrolled_spd_inverse(H) * g[..., None, :], axis=-1)
     L = jnp.linalg.cholesky(H)
     y = jax.scipy.linalg.solve_triangular(L, g[..., None], lower=True)
     return jax.scipy.linalg.solve_triangular(L, y, lower=True, trans=1)[..., 0]

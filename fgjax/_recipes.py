@@ -33,6 +33,7 @@ or clusters without a good pixel, ``mask_good``; ``Sigma`` is given for every sc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import logging
 import os
@@ -143,11 +144,12 @@ def _setup(components, instrument, data, need_nside: bool) -> _Setup:
         if need_nside:
             raise
         nside = None  # plain pixels: fine without depths and without patches
-    d = hpx.to_pixel_major(maps)
+    d = hpx.to_pixel_major(maps)  # a copy: zeroed in place at the bad pixels
     has_stokes = d.ndim == 3
     if not has_stokes:
         d = d[:, None, :]
-    d = np.where(bad[:, None, None], 0.0, d).astype(maps.dtype)
+    if bad.any():
+        d[bad] = 0.0
     return _Setup(mm, freqs, inst, d, bad, has_stokes, nside)
 
 
@@ -430,11 +432,12 @@ def _directional_fisher(loglike, n_param, dtype):
 
 
 @eqx.filter_jit
-def _post_fast(mm, freqs, pw, theta, d, layout):
+def _post_fast(mm, freqs, pw, theta, dpad, layout):
     """Outputs of a fit with noise shared by the pixels of each group (prewhitening ``pw``).
 
-    Everything runs per group on the chunked layout (:class:`_Layout`): no per-pixel copy
-    of ``A`` or of its derivatives. ``invAtNA`` is per group and Stokes. The Fisher matrix
+    ``dpad``: the prewhitened data in the chunked layout (:func:`_padded_whitened`).
+    Everything runs per group on that layout (:class:`_Layout`): no per-pixel copy of
+    ``A`` or of its derivatives. ``invAtNA`` is per group and Stokes. The Fisher matrix
     is fgbuster's (``fisher_logL_dB_dB`` at the separated ``s``), from each group's
     ``sum s s^T``. ``chi_dB`` is ``chi`` projected on the prewhitened ``dA/dx_i s``: with
     one column per parameter that is ``sign(s_c) chi . a_i / |a_i|``.
@@ -449,7 +452,6 @@ def _post_fast(mm, freqs, pw, theta, d, layout):
     inv = invAtNA(Aw, None, throw=False)  # (n_group, S, c, c)
     W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
     ch = layout.chunk_group
-    dpad = layout.pad(pw[None] * d)  # (n_chunk, K, S, n_freq)
     spad = jnp.einsum("nscf,nksf->nksc", W[ch], dpad)
     chipad = dpad - jnp.einsum("nsfc,nksc->nksf", Aw[ch], spad)
     s, chi = layout.unpad(spad), layout.unpad(chipad)
@@ -502,9 +504,8 @@ class _Layout(eqx.Module):
     most of the sky is many chunks (no padding to the largest group).
     """
 
-    order: jax.Array  # pixel indices sorted by group
-    slot: jax.Array  # position of each sorted pixel in the padded (n_chunk * K) layout
-    where: jax.Array  # position of each pixel (original order) in the padded layout
+    src: jax.Array  # (n_chunk * K,) pixel at each padded position (n_pix: padding)
+    where: jax.Array  # (n_pix,) position of each pixel in the padded layout
     chunk_group: jax.Array  # (n_chunk,) group of each chunk
     K: int = eqx.field(static=True)
     n_group: int = eqx.field(static=True)
@@ -514,9 +515,8 @@ class _Layout(eqx.Module):
         return self.chunk_group.shape[0]
 
     def pad(self, x):
-        """(n_pix, ...) -> (n_chunk, K, ...), zero in the padding."""
-        flat = jnp.zeros((self.n_chunk * self.K,) + x.shape[1:], x.dtype)
-        flat = flat.at[self.slot].set(x[self.order])
+        """(n_pix, ...) -> (n_chunk, K, ...), zero in the padding (one gather)."""
+        flat = jnp.take(x, self.src, axis=0, mode="fill", fill_value=0)
         return flat.reshape((self.n_chunk, self.K) + x.shape[1:])
 
     def unpad(self, x):
@@ -551,31 +551,44 @@ def _grouping(group: np.ndarray, n_group: int) -> _Layout:
     slot = (first_chunk[g_sorted] + pos // K) * K + pos % K
     where = np.empty_like(slot)
     where[order] = slot
+    src = np.full(int(chunks.sum()) * K, group.size, dtype=slot.dtype)
+    src[slot] = order
     chunk_group = np.repeat(np.arange(n_group), chunks)
     return _Layout(
-        jnp.asarray(order), jnp.asarray(slot), jnp.asarray(where), jnp.asarray(chunk_group),
-        K, int(n_group),
-    )  # fmt: skip
+        jnp.asarray(src), jnp.asarray(where), jnp.asarray(chunk_group), K, int(n_group)
+    )
 
 
-def _fold_stokes(pw: np.ndarray, C):
+def _stokes_classes(pw: np.ndarray):
     """Stokes parameters with the same prewhitening share ``A^T N^-1 A``, so their
-    likelihoods add up to one with the sum of their covariances: ``(pw', C')`` with one
-    row per distinct prewhitening (Q and U with ``depth_p``: half the work of the fit)."""
+    likelihoods add up to one with the sum of their covariances. Returns one prewhitening
+    row per class and the classes (tuples of Stokes indices): Q and U with ``depth_p``
+    are one class, which halves the work of the fit."""
     rows, inverse = np.unique(np.asarray(pw), axis=0, return_inverse=True)
     inverse = np.asarray(inverse).reshape(-1)
-    if rows.shape[0] == pw.shape[0]:
-        return jnp.asarray(pw), C
-    C = jnp.stack([C[:, np.nonzero(inverse == u)[0]].sum(axis=1) for u in range(rows.shape[0])], 1)
-    return jnp.asarray(rows, dtype=C.dtype), C
+    classes = tuple(tuple(int(i) for i in np.nonzero(inverse == u)[0]) for u in range(len(rows)))
+    return jnp.asarray(rows), classes
+
+
+@eqx.filter_jit
+def _padded_whitened(d, pw, layout):
+    """The prewhitened data ``pw * d`` in the chunked layout: ``(n_chunk, K, S, f)``."""
+    return layout.pad(d * pw[None])
+
+
+@eqx.filter_jit
+def _fit_covariance(dpad, layout, classes):
+    """Per group and Stokes class (:func:`_stokes_classes`), the sum of the outer products
+    of the padded prewhitened data: ``(n_group, n_class, f, f)``."""
+    C = layout.group_sum(jnp.einsum("nksf,nksg->nsfg", dpad, dpad))
+    return jnp.stack([sum(C[:, i] for i in idx) for idx in classes], 1)
 
 
 @eqx.filter_jit
 def _group_covariance(dw, layout: _Layout):
     """Per (group, Stokes) sums of outer products of whitened data ``dw`` (n_pix, S, f):
     ``(n_group, S, f, f)``, by one batched product over the chunks."""
-    padded = layout.pad(dw)
-    return layout.group_sum(jnp.einsum("nksf,nksg->nsfg", padded, padded))
+    return _fit_covariance(layout.pad(dw), layout, tuple((i,) for i in range(dw.shape[1])))
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -628,12 +641,27 @@ def _warn_x64(dtype) -> None:
 
 # -- basic / weighted -------------------------------------------------------------------------
 def _patch_groups(nside: int, setup: _Setup, name: str = "nside"):
+    """``(group, n_group, layout)`` of the patches of an nside map (0: the whole sky)."""
+    if nside != 0:
+        if setup.nside is None:
+            hpx.check_nside_of_npix(setup.d.shape[0])
+        nside = hpx.check_nside(nside, setup.nside, name)
+        return _nside_groups(nside, setup.nside, jnp.asarray(0).dtype)
+    return _nside_groups(0, setup.d.shape[0], jnp.asarray(0).dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _nside_groups(nside: int, size: int, int_dtype):
+    """Patches of nside ``nside`` on an nside ``size`` map, or for ``nside=0`` one group
+    of ``size`` pixels; cached (read-only ids), as repeated fits on one geometry are the
+    rule (simulations). ``int_dtype`` (JAX's default integer) keys the cache on the
+    precision mode the layout's arrays were made in."""
     if nside == 0:
-        return np.zeros(setup.d.shape[0], dtype=np.int64), 1
-    if setup.nside is None:
-        hpx.check_nside_of_npix(setup.d.shape[0])
-    nside = hpx.check_nside(nside, setup.nside, name)
-    return hpx.cluster_ids_from_nside(nside, setup.nside), 12 * nside**2
+        group, n_group = np.zeros(size, dtype=np.int64), 1
+    else:
+        group, n_group = hpx.cluster_ids_from_nside(nside, size), 12 * nside**2
+    group.flags.writeable = False
+    return group, n_group, _grouping(group, n_group)
 
 
 def _finish_patches(setup, X, done, nit, F, group, n_group, nside, s, chi, chi_dB, inv):
@@ -712,18 +740,19 @@ def basic_comp_sep(
     setup = _setup(components, instrument, data, need_nside=bool(nside))
     mm = setup.mm
     pw = _prewhitening(setup)
-    group, n_group = _patch_groups(nside, setup)
+    group, n_group, layout = _patch_groups(nside, setup)
     dtype = setup.d.dtype
     _warn_x64(jnp.asarray(setup.d[:1]).dtype)
-    pw_j, d_j = jnp.asarray(pw), jnp.asarray(setup.d)
-    layout = _grouping(group, n_group)
+    pw_j = jnp.asarray(pw)
+    dpad = _padded_whitened(setup.d, pw_j, layout)
     theta = jnp.zeros((n_group, 0), dtype)
     done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
     if mm.n_param:
         maxiter, lo, hi, x0 = _parse_minimize_kwargs(minimize_kwargs, mm.n_param)
         X0 = _patch_x0(x0, mm, n_group, dtype)
         if minimize_method(minimize_kwargs) in _NEWTON:
-            pw_f, C = _fold_stokes(pw, _group_covariance(d_j * pw_j[None], layout))
+            pw_f, classes = _stokes_classes(pw)
+            C = _fit_covariance(dpad, layout, classes)
             theta, done, nit = _fit_patches_in_rounds(
                 mm, setup.freqs, pw_f, C, X0, jnp.asarray(lo), jnp.asarray(hi), maxiter
             )
@@ -732,7 +761,7 @@ def basic_comp_sep(
             theta, done, nit = _delegate_patches(
                 setup, invN, group, n_group, X0, lo, hi, minimize_kwargs
             )
-    s, chi, chi_dB, inv, F = _post_fast(mm, setup.freqs, pw_j, theta, d_j, layout)
+    s, chi, chi_dB, inv, F = _post_fast(mm, setup.freqs, pw_j, theta, dpad, layout)
     inv = np.asarray(inv)
     if not setup.has_stokes:
         inv = inv[:, 0]
@@ -782,7 +811,7 @@ def weighted_comp_sep(
         raise ValueError("`cov` must be positive and finite at the pixels used.")
     setup = dataclasses.replace(setup, bad=bad, d=np.where(bad[:, None, None], 0.0, setup.d))
     n_inv = np.where(bad[:, None, None], 0.0, 1.0 / np.where(bad[:, None, None], 1.0, cov_t))
-    group, n_group = _patch_groups(nside, setup)
+    group, n_group, _ = _patch_groups(nside, setup)
     dtype = setup.d.dtype
     group_j, d_j, n_inv_j = jnp.asarray(group), jnp.asarray(setup.d), jnp.asarray(n_inv)
     theta = jnp.zeros((n_group, 0), dtype)
@@ -904,9 +933,10 @@ def adaptive_comp_sep(
     dtype = setup.d.dtype
     pw = _prewhitening(setup)
     pw_j = jnp.asarray(pw)
-    d_j = jnp.asarray(setup.d)
     layout = _grouping(group, n_group)
-    pw_f, C = _fold_stokes(pw, _group_covariance(d_j * pw_j[None], layout))
+    pw_f, classes = _stokes_classes(pw)
+    dpad = _padded_whitened(setup.d, pw_j, layout)
+    C = _fit_covariance(dpad, layout, classes)
 
     kwargs = dict(minimize_kwargs)
     checkpoint = kwargs.pop("checkpoint", None)
@@ -961,7 +991,7 @@ def adaptive_comp_sep(
             np.save(os.path.join(odir, f"iter_{start + nit}.npy"), np.asarray(x))
     x = np.asarray(x, dtype=float)
     theta = jnp.asarray(x)[jnp.asarray(gidx)]
-    s, chi, _, inv, H = _post_fast(mm, setup.freqs, pw_j, theta, d_j, layout)
+    s, chi, _, inv, H = _post_fast(mm, setup.freqs, pw_j, theta, dpad, layout)
     inv = np.asarray(inv)
     inv = inv[group] if setup.has_stokes else inv[group, 0]
     # Fisher of all the cluster values, assembled from the per-group blocks

@@ -262,15 +262,20 @@ def test_chunked_layout_handles_uneven_and_empty_groups():
     np.testing.assert_array_equal(np.asarray(layout.unpad(layout.pad(x))), x)
 
 
-def test_fold_stokes_merges_equal_prewhitening_only():
-    C = np.arange(3 * 3 * 2 * 2, dtype=float).reshape(3, 3, 2, 2)
+def test_stokes_with_equal_prewhitening_are_fitted_as_one():
     pw = np.array([[1.0, 2.0], [3.0, 4.0], [3.0, 4.0]])  # I apart, Q and U together
-    pw_f, C_f = _recipes._fold_stokes(pw, C)
-    assert C_f.shape == (3, 2, 2, 2)
-    rows = [list(r) for r in np.asarray(pw_f)]
-    iq = rows.index([3.0, 4.0])
-    np.testing.assert_array_equal(np.asarray(C_f[:, iq]), C[:, 1] + C[:, 2])
-    np.testing.assert_array_equal(np.asarray(C_f[:, 1 - iq]), C[:, 0])
-    same, C_same = _recipes._fold_stokes(pw[:2], C[:, :2])
-    np.testing.assert_array_equal(np.asarray(same), pw[:2])
-    np.testing.assert_array_equal(np.asarray(C_same), C[:, :2])
+    rows, classes = _recipes._stokes_classes(pw)
+    assert sorted(classes) == [(0,), (1, 2)]
+    for row, idx in zip(np.asarray(rows), classes, strict=True):
+        np.testing.assert_array_equal(row, pw[idx[0]])
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(64, 3, 2))
+    layout = _recipes._grouping(np.repeat(np.arange(4), 16), 4)
+    C = np.asarray(
+        _recipes._fit_covariance(_recipes._padded_whitened(d, pw, layout), layout, classes)
+    )
+    dw = (d * pw[None]).reshape(4, 16, 3, 2)
+    full = np.einsum("gpsf,gpsk->gsfk", dw, dw)
+    for c, idx in enumerate(classes):
+        np.testing.assert_allclose(C[:, c], full[:, list(idx)].sum(axis=1), rtol=1e-13)
+    assert _recipes._stokes_classes(pw[:2])[1] == ((0,), (1,))
