@@ -669,7 +669,7 @@ def multi_comp_sep(
 
 
 # -- batched damped Newton: many small independent problems in one compiled loop ------------
-NEWTON_TOL = 1e-4  # Newton decrement g^T H^-1 g (objective units): the step is < 1e-2 sigma
+NEWTON_TOL = 1e-6  # Newton decrement g^T H^-1 g: the minimum is within 1e-3 sigma
 
 
 _SMALL = 4  # up to this many parameters, Newton's linear algebra is unrolled over entries
@@ -709,15 +709,22 @@ def _spd_solve(H, g):
     return jax.scipy.linalg.solve_triangular(L, y, lower=True, trans=1)[..., 0]
 
 
-def newton_start(vgh, X0, lo, hi):
+def _metric_and_decrement(g, H):
+    """The positive definite Newton metric of each problem and its decrement g^T H^-1 g."""
+    Hp = _positive_hessians(H)
+    return Hp, jnp.sum(g * _spd_solve(Hp, g), axis=-1)
+
+
+def newton_start(vgh, X0, lo, hi, tol=NEWTON_TOL):
     """The state of :func:`newton_iterate` at the starting points ``X0`` (clipped to the
-    bounds): a dict of arrays with the problems on their first axis (except ``it``)."""
+    bounds): a dict of arrays with the problems on their first axis."""
     X0 = jnp.clip(X0, lo[None], hi[None])
     f0, g0, H0 = vgh(X0)
+    H0, dec0 = _metric_and_decrement(g0, H0)
     n_b, dtype = X0.shape[0], X0.dtype
     return dict(
-        X=X0, f=f0, g=g0, H=H0, lam=jnp.zeros((n_b,), dtype), nit=jnp.zeros((n_b,), jnp.int32),
-        done=~jnp.isfinite(f0), dec=jnp.full((n_b,), jnp.inf, dtype),
+        X=X0, f=f0, g=g0, H=H0, dec=dec0, lam=jnp.zeros((n_b,), dtype),
+        nit=jnp.zeros((n_b,), jnp.int32), done=~jnp.isfinite(f0) | ~(dec0 > tol),
     )  # fmt: skip
 
 
@@ -733,12 +740,12 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
     minimum the steps are plain Newton steps). No line search: one evaluation per
     iteration whatever the problems do.
 
-    A problem stops when its Newton decrement $g^T H^{-1} g$ (the squared step in units of
-    the parameters' errors) is below ``tol`` (after taking that last step); when the
-    decrement reaches the rounding level of the objective (plain steps are then taken
-    while it decreases); when an accepted plain step no longer changes the objective (a
-    flat direction, e.g. an unconstrained dust temperature); or when the damping needed
-    exceeds 1e12.
+    A problem stops at a point whose Newton decrement $g^T H^{-1} g$ (the squared
+    distance to the minimum in units of the parameters' errors) is below ``tol``; when the
+    decrement reaches the rounding level of the objective and stops decreasing (there,
+    steps are judged by the decrease of the decrement instead of the objective's); when an
+    accepted plain step no longer changes the objective (a flat direction, e.g. an
+    unconstrained dust temperature); or when the damping needed exceeds 1e12.
     """
     eps = jnp.finfo(state["X"].dtype).eps
 
@@ -748,14 +755,10 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
 
     def body(carry):
         st, it = carry
-        X, f, g, H, lam, done = (st[k] for k in ("X", "f", "g", "H", "lam", "done"))
-        Hp = _positive_hessians(H)
-        dec = jnp.sum(g * _spd_solve(Hp, g), axis=-1)
-        converged = dec <= tol
-        # below the rounding of f a decrease cannot be judged: take plain Newton steps (the
-        # gradient and Hessian are still accurate) while the decrement decreases
+        X, f, g, Hp, dec, lam, done = (st[k] for k in ("X", "f", "g", "H", "dec", "lam", "done"))
+        # below the rounding of f a decrease cannot be judged: plain Newton steps (gradient
+        # and Hessian are still accurate), kept while the decrement decreases
         noisy = dec <= 1e3 * eps * (jnp.abs(f) + 1.0)
-        floor = noisy & (dec >= st["dec"])
         lam = jnp.where(noisy, 0.0, lam)
         diag = jnp.diagonal(Hp, axis1=-2, axis2=-1)
         p = -_spd_solve(Hp + lam[:, None, None] * jax.vmap(jnp.diag)(diag), g)
@@ -763,24 +766,28 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
         step = trial - X
         pred = -(jnp.sum(g * step, -1) + 0.5 * jnp.einsum("bi,bij,bj->b", step, Hp, step))
         ft, gt, Ht = vgh(trial)
+        Ht, dect = _metric_and_decrement(gt, Ht)
         gain = f - ft
-        good = jnp.isfinite(ft) & (noisy | (gain >= 1e-4 * pred))
-        accept = good & ~done & ~floor
+        better = jnp.where(noisy, dect < dec, gain >= 1e-4 * pred)
+        good = jnp.isfinite(ft) & jnp.isfinite(dect) & better
+        accept = good & ~done
+        floor = noisy & ~good
         very_good = good & (gain >= 0.75 * pred)
         lam_new = jnp.where(good, jnp.where(very_good, 0.25 * lam, lam), jnp.maximum(4 * lam, 1e-3))
         lam_new = jnp.where(lam_new < 1e-8, 0.0, lam_new)
         stalled = accept & ~noisy & (lam == 0) & (gain <= 1e-12 * (jnp.abs(f) + 1.0))
         failed = lam_new > 1e12
         pick = accept[:, None]
+        converged = accept & ~(dect > tol)
         new = dict(
             X=jnp.where(pick, trial, X),
             f=jnp.where(accept, ft, f),
             g=jnp.where(pick, gt, g),
-            H=jnp.where(pick[:, :, None], Ht, H),
+            H=jnp.where(pick[:, :, None], Ht, Hp),
+            dec=jnp.where(accept, dect, dec),
             lam=jnp.where(done, lam, lam_new),
             nit=st["nit"] + (~done).astype(jnp.int32),
-            done=done | converged | floor | stalled | failed | ~jnp.isfinite(dec),
-            dec=jnp.where(accept, dec, st["dec"]),
+            done=done | converged | floor | stalled | failed,
         )
         return new, it + 1
 
@@ -802,7 +809,7 @@ def batched_newton(vgh, X0, lo, hi, maxiter, tol=NEWTON_TOL):
     Returns:
         ``(X, done, nit)``: solutions, converged flags and iterations per problem.
     """
-    state = newton_iterate(vgh, newton_start(vgh, X0, lo, hi), lo, hi, maxiter, tol)
+    state = newton_iterate(vgh, newton_start(vgh, X0, lo, hi, tol), lo, hi, maxiter, tol)
     return newton_result(state)
 
 

@@ -443,8 +443,10 @@ def _post_fast(mm, freqs, pw, theta, dpad, layout):
     one column per parameter that is ``sign(s_c) chi . a_i / |a_i|``.
 
     Returns:
-        ``s`` (n_pix, S, n_comp), ``chi`` (n_pix, S, n_freq), ``chi_dB``
-        (n_param, n_pix, S) or None, ``invAtNA`` (n_group, S, c, c), Fisher
+        In the padded layout (:func:`_to_pixels` puts them back in pixel order on the host,
+        so no pixel-ordered copy is made on the device): ``s`` (n_chunk, K, S, n_comp),
+        ``chi`` (n_chunk, K, S, n_freq), ``chi_dB`` (n_param, n_chunk, K, S) or None;
+        then ``invAtNA`` (n_group, S, c, c) and the Fisher matrices
         (n_group, n_param, n_param) or None.
     """
     A, A_dB, _ = mm.taylor(freqs, theta, second=False)
@@ -453,23 +455,25 @@ def _post_fast(mm, freqs, pw, theta, dpad, layout):
     W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
     ch = layout.chunk_group
     spad = jnp.einsum("nscf,nksf->nksc", W[ch], dpad)
-    chipad = dpad - jnp.einsum("nsfc,nksc->nksf", Aw[ch], spad)
-    s, chi = layout.unpad(spad), layout.unpad(chipad)
+    Awc = Aw[ch][:, None]  # (n_chunk, 1, S, n_freq, n_comp)
+    # residuals as one elementwise expression (a sum over the few components): no
+    # data-sized intermediate besides chi itself
+    chipad = dpad - sum(Awc[..., c] * spad[..., c, None] for c in range(mm.n_comp))
     if mm.n_param == 0:
-        return s, chi, None, inv, None
+        return spad, chipad, None, inv, None
     cols = jnp.asarray(mm.comp_of_param)
     aw = pw[None, None] * A_dB[:, :, None]  # (n_group, n_param, S, n_freq)
     unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
     proj = jnp.einsum("nksf,npsf->pnks", chipad, unit[ch])
     sign = jnp.sign(jnp.moveaxis(spad[..., cols], -1, 0))  # (n_param, n_chunk, K, S)
-    chi_dB = jax.vmap(layout.unpad)(proj * sign)
+    chi_dB = proj * sign
     S_g = layout.group_sum(jnp.einsum("nksc,nksC->nscC", spad, spad))
     aw_s = jnp.swapaxes(aw, 1, 2)  # (n_group, S, n_param, n_freq)
     comp = tuple(mm.comp_of_param)
     F = jax.vmap(lambda A_, a_, S_: fisher_from_amplitude_covariance(A_, a_, comp, S_))(
         Aw, aw_s, S_g
     )
-    return s, chi, chi_dB, inv, F
+    return spad, chipad, chi_dB, inv, F
 
 
 @eqx.filter_jit
@@ -592,26 +596,40 @@ def _group_covariance(dw, layout: _Layout):
 
 
 # -- packing ----------------------------------------------------------------------------------
-def _pack_maps(values: np.ndarray, bad: np.ndarray, has_stokes: bool) -> np.ndarray:
-    """(n_pix, S, k) -> (k, [S,] n_pix) with UNSEEN at bad pixels."""
-    values = np.asarray(values, dtype=float)
+def _to_pixels(padded, layout: _Layout, axis: int = 0) -> np.ndarray:
+    """A chunked-layout array back in pixel order, as a new host array (one gather)."""
+    padded = np.asarray(padded)
+    shape = padded.shape[:axis] + (-1,) + padded.shape[axis + 2 :]
+    return np.take(padded.reshape(shape), np.asarray(layout.where), axis=axis)
+
+
+def _writable(values) -> np.ndarray:
+    """A float64 host array we may write into: ``values`` itself when it is one."""
+    values = np.asarray(values)
+    if values.dtype != np.float64 or not values.flags.writeable:
+        values = np.array(values, dtype=float)
+    return values
+
+
+def _pack_maps(values, bad: np.ndarray, has_stokes: bool) -> np.ndarray:
+    """(n_pix, S, k) -> (k, [S,] n_pix) with UNSEEN at bad pixels (written in place into
+    ``values`` when it is a writable float64 host array, else into a copy)."""
+    out = _writable(values)
     if not has_stokes:
-        values = values[:, 0]
-    out = values.copy()
+        out = out[:, 0]
     out[bad] = UNSEEN
     return out.T
 
 
 def _pack_chi_dB(chi_dB, bad, has_stokes):
+    """(n_param, n_pix, S) -> one ([S,] n_pix) map per parameter, UNSEEN at bad pixels."""
     if chi_dB is None:
         return None
-    out = []
-    for c in np.asarray(chi_dB, dtype=float):  # (n_pix, S)
-        c = c if has_stokes else c[:, 0]
-        c = c.copy()
-        c[bad] = UNSEEN
-        out.append(c.T)
-    return out
+    chi_dB = _writable(chi_dB)
+    if not has_stokes:
+        chi_dB = chi_dB[..., 0]
+    chi_dB[:, bad] = UNSEEN
+    return [c.T for c in chi_dB]
 
 
 def _safe_inverse(F: np.ndarray) -> np.ndarray:
@@ -747,10 +765,13 @@ def basic_comp_sep(
     dpad = _padded_whitened(setup.d, pw_j, layout)
     theta = jnp.zeros((n_group, 0), dtype)
     done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
+    newton = minimize_method(minimize_kwargs) in _NEWTON
+    if newton:  # everything below reads the padded copy: free the pixel-major one
+        setup = dataclasses.replace(setup, d=None)
     if mm.n_param:
         maxiter, lo, hi, x0 = _parse_minimize_kwargs(minimize_kwargs, mm.n_param)
         X0 = _patch_x0(x0, mm, n_group, dtype)
-        if minimize_method(minimize_kwargs) in _NEWTON:
+        if newton:
             pw_f, classes = _stokes_classes(pw)
             C = _fit_covariance(dpad, layout, classes)
             theta, done, nit = _fit_patches_in_rounds(
@@ -762,6 +783,9 @@ def basic_comp_sep(
                 setup, invN, group, n_group, X0, lo, hi, minimize_kwargs
             )
     s, chi, chi_dB, inv, F = _post_fast(mm, setup.freqs, pw_j, theta, dpad, layout)
+    del dpad  # before the outputs are copied to the host
+    s, chi = _to_pixels(s, layout), _to_pixels(chi, layout)
+    chi_dB = None if chi_dB is None else _to_pixels(chi_dB, layout, axis=1)
     inv = np.asarray(inv)
     if not setup.has_stokes:
         inv = inv[:, 0]
@@ -992,6 +1016,8 @@ def adaptive_comp_sep(
     x = np.asarray(x, dtype=float)
     theta = jnp.asarray(x)[jnp.asarray(gidx)]
     s, chi, _, inv, H = _post_fast(mm, setup.freqs, pw_j, theta, dpad, layout)
+    del dpad
+    s, chi = _to_pixels(s, layout), _to_pixels(chi, layout)
     inv = np.asarray(inv)
     inv = inv[group] if setup.has_stokes else inv[group, 0]
     # Fisher of all the cluster values, assembled from the per-group blocks
