@@ -18,6 +18,7 @@ from ._constants import (
     K_RJ_to_K_CMB_expression,
     parse_units,
 )
+from ._harmonic import HarmonicSeparationResult, harmonic_comp_sep
 from ._ilc import HarmonicILCResult, ILCResult, harmonic_ilc, harmonic_ilc_alm, ilc
 from ._instruments import (
     Instrument,
@@ -92,7 +93,9 @@ __all__ = [
     "harmonic_ilc_alm",
     "ilc",
     "SeparationResult",
+    "HarmonicSeparationResult",
     "adaptive_comp_sep",
+    "harmonic_comp_sep",
     "basic_comp_sep",
     "multi_res_comp_sep",
     "weighted_comp_sep",
