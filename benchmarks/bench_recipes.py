@@ -15,6 +15,7 @@ Run: ``python benchmarks/bench_recipes.py [--nsides 64 128] [--repeat 5]``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import resource
 import time
 import timeit
@@ -54,7 +55,12 @@ def _status_mb(key: str) -> float | None:
 
 def working_memory_mb(call) -> float | None:
     """Peak resident memory during ``call()`` above the resident memory before it (Linux:
-    the peak is reset through /proc/self/clear_refs); None where that is not available."""
+    free heap memory is returned with glibc's ``malloc_trim`` and the peak is reset
+    through /proc/self/clear_refs); None where that is not available."""
+    try:  # give freed heap memory back to the OS first, or the call just reuses it
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -755,45 +755,6 @@ def _column_basis(A, A_dB, A_dBdB, comp_of_dB):
     return jnp.stack([jnp.broadcast_to(c, shape) for c in cols], -1), second
 
 
-def _row_plus_transpose(n_comp, row, values, dtype):
-    """The (n_comp, n_comp) blocks with ``values`` (..., n_comp) in row ``row``, plus the
-    transpose: the derivative of ``X^T Y`` when one column of ``X`` moves."""
-    e = jnp.zeros((n_comp,), dtype).at[row].set(1)
-    m = _lead(e[:, None], values.ndim + 1) * values[..., None, :]
-    return m + _T(m)
-
-
-def _entry_plus_transpose(n_comp, row, col, value, dtype):
-    e = jnp.zeros((n_comp, n_comp), dtype).at[row, col].set(1)
-    m = value[..., None, None] * _lead(e, value.ndim + 2)
-    return m + _T(m)
-
-
-def _normal_derivatives(G, n_comp, comp_of_dB, second):
-    """First and second parameter derivatives of ``A^T X A`` from the Gram matrix ``G``
-    (``V^T X V`` of :func:`_column_basis`, the columns of ``A`` and ``A_dB`` on the right
-    are enough): ``(..., n_param, c, c)`` and ``(..., n_param, n_param, c, c)``."""
-    n_param = len(comp_of_dB)
-    dtype = G.dtype
-    first = [
-        _row_plus_transpose(n_comp, comp_of_dB[i], G[..., n_comp + i, :n_comp], dtype)
-        for i in range(n_param)
-    ]
-    rows = []
-    for i in range(n_param):
-        row = []
-        for j in range(n_param):
-            m = _entry_plus_transpose(
-                n_comp, comp_of_dB[i], comp_of_dB[j], G[..., n_comp + i, n_comp + j], dtype
-            )
-            if second[i][j] is not None:
-                m = m + _row_plus_transpose(n_comp, comp_of_dB[i], G[..., second[i][j], :n_comp],
-                                            dtype)  # fmt: skip
-            row.append(m)
-        rows.append(jnp.stack(row, -3))
-    return jnp.stack(first, -3), jnp.stack(rows, -4)
-
-
 def logL_hessian_from_covariance(A, A_dB, A_dBdB, comp_of_dB, C, invN=None):
     r"""Fast-path $\log L$, its gradient and its Hessian in the parameters, in closed form.
 
@@ -806,10 +767,11 @@ def logL_hessian_from_covariance(A, A_dB, A_dBdB, comp_of_dB, C, invN=None):
       - \mathrm{tr}(K M_i K B_j) - \mathrm{tr}(K M_j K B_i)
       + \mathrm{tr}(K M_i K M_j K B) + \mathrm{tr}(K M_j K M_i K B)]$.
 
-    Every matrix is ``n_comp x n_comp`` once the Gram matrices of the few columns involved
-    are formed (one column per parameter, as fgbuster's ``comp_of_dB``), so the cost per
-    patch is that of a handful of ``n_freq``-long dot products: no autodiff through the
-    SEDs' expressions, which is what made the batched patch fits slow.
+    With one column per parameter (fgbuster's ``comp_of_dB``) the derivatives of $M$ and
+    $B$ are rank-two updates built from the Gram matrices of the few columns involved,
+    and every trace reduces to products of ``n_param x n_comp`` matrices: the cost per
+    patch is that of a handful of ``n_freq``-long dot products, with no autodiff through
+    the SEDs' expressions (which is what made the batched patch fits slow).
 
     Args:
         A: ``(..., n_freq, n_comp)``.
@@ -840,35 +802,42 @@ def logL_hessian_from_covariance(A, A_dB, A_dBdB, comp_of_dB, C, invN=None):
     value = 0.5 * jnp.sum(_T(K) * B)
     if not comp_of_dB:
         return value, jnp.zeros((0,), A.dtype), jnp.zeros((0, 0), A.dtype), jnp.any(singular)
-    M1, M2 = _normal_derivatives(G, n_comp, comp_of_dB, second)
-    B1, B2 = _normal_derivatives(Bq, n_comp, comp_of_dB, second)
-    Kx = K[..., None, :, :]
-    KM1 = _mm(Kx, M1)  # (..., p, c, c)
-    KB1 = _mm(Kx, B1)
-    KBK = _mm(KB, K)
-    lead = tuple(range(KM1.ndim - 3))
-
-    def tr(x, y):  # tr(x y) over the matrix axes, summed over the blocks
-        return jnp.sum(x * _T(y), axis=(-2, -1))
-
-    grad = 0.5 * jnp.sum(
-        jnp.trace(KB1, axis1=-2, axis2=-1) - tr(M1, KBK[..., None, :, :]), axis=lead
-    )
+    # One column per parameter: dM/dx_i = e_i u_i^T + u_i e_i^T with e_i the unit vector of
+    # column c_i and u_i = A^T N^-1 a_i (same for B with w_i = A^T C a_i), and the second
+    # derivatives add the Gram entries of a_i, a_j and of the d2A columns. Every trace then
+    # reduces to products of n_param x n_comp matrices (K = M^-1, Q = K B K):
+    n_param = len(comp_of_dB)
+    cols = np.asarray(comp_of_dB)
+    par = slice(n_comp, n_comp + n_param)
+    U, W = G[..., par, :n_comp], Bq[..., par, :n_comp]  # (..., p, c)
+    Q = _mm(KB, K)
+    KU, KW, QU = _mm(U, K), _mm(W, K), _mm(U, Q)  # rows: K u_i, K w_i, Q u_i
+    grad = jnp.sum(_diag_cols(KW, cols) - _diag_cols(QU, cols), axis=tuple(range(U.ndim - 2)))
     if A_dBdB is None:
         return value, grad, None, jnp.any(singular)
-    KMi, KMj = KM1[..., :, None, :, :], KM1[..., None, :, :, :]
-    KBi, KBj = KB1[..., :, None, :, :], KB1[..., None, :, :, :]
-    KBx = KB[..., None, None, :, :]
-    hess = 0.5 * jnp.sum(
-        tr(Kx[..., None, :, :], B2)
-        - tr(M2, KBK[..., None, None, :, :])
-        - tr(KMi, KBj)
-        - tr(KMj, KBi)
-        + tr(_mm(KMi, KMj), KBx)
-        + tr(_mm(KMj, KMi), KBx),
-        axis=lead,
-    )
-    return value, grad, hess, jnp.any(singular)
+    Kc, Qc = K[..., cols[:, None], cols[None, :]], Q[..., cols[:, None], cols[None, :]]
+    Vc, Xc, Pc = KU[..., :, cols], KW[..., :, cols], QU[..., :, cols]  # [i, j]: (K u_i)[c_j]
+    mu, nu, lam = _mm(KU, _T(U)), _mm(QU, _T(U)), _mm(KU, _T(W))
+    gamma, beta = G[..., par, par], Bq[..., par, par]
+    zeros = jnp.zeros(G.shape[:-2] + (n_comp,), G.dtype)
+    Y = jnp.stack([jnp.stack([zeros if k is None else G[..., k, :n_comp] for k in row], -2)
+                   for row in second], -3)  # fmt: skip
+    Z = jnp.stack([jnp.stack([zeros if k is None else Bq[..., k, :n_comp] for k in row], -2)
+                   for row in second], -3)  # fmt: skip
+    Krows, Qrows = K[..., cols, :], Q[..., cols, :]  # (..., p, c): rows c_i
+    KZ = jnp.sum(Krows[..., :, None, :] * Z, axis=-1)  # (K z_ij)[c_i]
+    QY = jnp.sum(Qrows[..., :, None, :] * Y, axis=-1)
+    hess = (
+        KZ + beta * Kc - QY - gamma * Qc
+        - Vc * _T(Xc) - _T(Vc) * Xc - Kc * (lam + _T(lam))
+        + Vc * _T(Pc) + _T(Vc) * Pc + mu * Qc + Kc * nu
+    )  # fmt: skip
+    return value, grad, jnp.sum(hess, axis=tuple(range(hess.ndim - 2))), jnp.any(singular)
+
+
+def _diag_cols(X, cols):
+    """``X[..., i, cols[i]]`` for each row i."""
+    return X[..., np.arange(len(cols)), cols]
 
 
 def fisher_from_amplitude_covariance(A, A_dB, comp_of_dB, S, invN=None):

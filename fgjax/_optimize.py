@@ -675,44 +675,48 @@ NEWTON_TOL = 1e-6  # Newton decrement g^T H^-1 g: the minimum is within 1e-3 sig
 _SMALL = 4  # up to this many parameters, Newton's linear algebra is unrolled over entries
 
 
-def _is_positive(H):
-    """Positive definite, per problem (Cholesky pivots)."""
+def _factor(H):
+    """A factorisation of positive definite ``H`` for :func:`_solve`: the inverse, unrolled
+    over the entries for a few parameters (elementwise across the problems), else the
+    Cholesky factor (NaN where ``H`` is not positive definite)."""
+    if H.shape[-1] <= _SMALL:
+        return _unrolled_spd_inverse(H)
+    return jnp.linalg.cholesky(H)
+
+
+def _solve(F, g):
+    """``H^-1 g`` from ``F = _factor(H)``."""
+    if F.shape[-1] <= _SMALL:
+        return jnp.sum(F * g[..., None, :], axis=-1)
+    y = jax.scipy.linalg.solve_triangular(F, g[..., None], lower=True)
+    return jax.scipy.linalg.solve_triangular(F, y, lower=True, trans=1)[..., 0]
+
+
+def _metric_and_decrement(g, H):
+    """Per problem: the positive definite Newton metric (``H`` where it is positive
+    definite, else its saddle-free form ``V |e| V^T``, eigenvalue magnitudes floored at
+    1e-12 of the largest), its factorisation and the decrement ``g^T H^-1 g``."""
     n = H.shape[-1]
     if n <= _SMALL:
-        pivots = [_cholesky_pivot(H, j) for j in range(n)]
-        return jnp.all(jnp.stack(pivots, -1) > 0, axis=-1)
-    return jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)), axis=(-2, -1))
-
-
-def _positive_hessians(H):
-    """``H`` where positive definite, else its saddle-free form ``V |e| V^T`` (eigenvalue
-    magnitudes floored at 1e-12 of the largest): a descent metric for every problem."""
-    positive = _is_positive(H)
+        positive = jnp.all(jnp.stack([_cholesky_pivot(H, j) for j in range(n)], -1) > 0, -1)
+        F = None
+    else:
+        F = _factor(H)
+        positive = jnp.all(jnp.isfinite(F), axis=(-2, -1))
 
     def saddle_free(_):
         e, V = jnp.linalg.eigh(H)
         scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True)
         e_abs = jnp.maximum(jnp.abs(e), 1e-12 * scale + jnp.finfo(H.dtype).tiny)
         fixed = jnp.einsum("bij,bj,bkj->bik", V, e_abs, V)
-        return jnp.where(positive[:, None, None], H, fixed)
+        Hp = jnp.where(positive[:, None, None], H, fixed)
+        return Hp, _factor(Hp)
 
-    return jax.lax.cond(jnp.all(positive), lambda _: H, saddle_free, None)
+    def as_is(_):
+        return H, (_factor(H) if F is None else F)
 
-
-def _spd_solve(H, g):
-    """``H^-1 g`` for positive definite ``H`` (batched): unrolled for a few parameters
-    (elementwise across the problems), else LAPACK's Cholesky."""
-    if H.shape[-1] <= _SMALL:
-        return jnp.sum(_unrolled_spd_inverse(H) * g[..., None, :], axis=-1)
-    L = jnp.linalg.cholesky(H)
-    y = jax.scipy.linalg.solve_triangular(L, g[..., None], lower=True)
-    return jax.scipy.linalg.solve_triangular(L, y, lower=True, trans=1)[..., 0]
-
-
-def _metric_and_decrement(g, H):
-    """The positive definite Newton metric of each problem and its decrement g^T H^-1 g."""
-    Hp = _positive_hessians(H)
-    return Hp, jnp.sum(g * _spd_solve(Hp, g), axis=-1)
+    Hp, F = jax.lax.cond(jnp.all(positive), as_is, saddle_free, None)
+    return Hp, F, jnp.sum(g * _solve(F, g), axis=-1)
 
 
 def newton_start(vgh, X0, lo, hi, tol=NEWTON_TOL):
@@ -720,10 +724,10 @@ def newton_start(vgh, X0, lo, hi, tol=NEWTON_TOL):
     bounds): a dict of arrays with the problems on their first axis."""
     X0 = jnp.clip(X0, lo[None], hi[None])
     f0, g0, H0 = vgh(X0)
-    H0, dec0 = _metric_and_decrement(g0, H0)
+    H0, F0, dec0 = _metric_and_decrement(g0, H0)
     n_b, dtype = X0.shape[0], X0.dtype
     return dict(
-        X=X0, f=f0, g=g0, H=H0, dec=dec0, lam=jnp.zeros((n_b,), dtype),
+        X=X0, f=f0, g=g0, H=H0, F=F0, dec=dec0, lam=jnp.zeros((n_b,), dtype),
         nit=jnp.zeros((n_b,), jnp.int32), done=~jnp.isfinite(f0) | ~(dec0 > tol),
     )  # fmt: skip
 
@@ -761,12 +765,17 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
         noisy = dec <= 1e3 * eps * (jnp.abs(f) + 1.0)
         lam = jnp.where(noisy, 0.0, lam)
         diag = jnp.diagonal(Hp, axis1=-2, axis2=-1)
-        p = -_spd_solve(Hp + lam[:, None, None] * jax.vmap(jnp.diag)(diag), g)
+
+        def damped(_):
+            return _solve(_factor(Hp + lam[:, None, None] * jax.vmap(jnp.diag)(diag)), g)
+
+        # plain Newton steps (no damping anywhere) reuse the factorisation of the metric
+        p = -jax.lax.cond(jnp.all(lam == 0), lambda _: _solve(st["F"], g), damped, None)
         trial = jnp.clip(X + p, lo[None], hi[None])
         step = trial - X
         pred = -(jnp.sum(g * step, -1) + 0.5 * jnp.einsum("bi,bij,bj->b", step, Hp, step))
         ft, gt, Ht = vgh(trial)
-        Ht, dect = _metric_and_decrement(gt, Ht)
+        Ht, Ft, dect = _metric_and_decrement(gt, Ht)
         gain = f - ft
         better = jnp.where(noisy, dect < dec, gain >= 1e-4 * pred)
         good = jnp.isfinite(ft) & jnp.isfinite(dect) & better
@@ -784,6 +793,7 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
             f=jnp.where(accept, ft, f),
             g=jnp.where(pick, gt, g),
             H=jnp.where(pick[:, :, None], Ht, Hp),
+            F=jnp.where(pick[:, :, None], Ft, st["F"]),
             dec=jnp.where(accept, dect, dec),
             lam=jnp.where(done, lam, lam_new),
             nit=st["nit"] + (~done).astype(jnp.int32),

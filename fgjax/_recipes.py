@@ -118,10 +118,28 @@ class _Setup:
     mm: MixingMatrix
     freqs: object
     inst: object
-    d: np.ndarray  # (n_pix, S, n_freq), zero at bad pixels
+    maps: np.ndarray  # (n_freq, S, n_pix) as given (no copy where possible), bad not zeroed
     bad: np.ndarray  # (n_pix,)
     has_stokes: bool
     nside: int | None
+
+    @functools.cached_property
+    def d(self) -> np.ndarray:
+        """The data pixel-major ``(n_pix, S, n_freq)``, zero at bad pixels (a copy, made on
+        first use: the batched fast path reads :attr:`maps` directly)."""
+        d = hpx.to_pixel_major(self.maps)
+        if self.bad.any():
+            d[self.bad] = 0.0
+        return d
+
+    @property
+    def n_pix(self) -> int:
+        return self.maps.shape[-1]
+
+    @property
+    def shape(self) -> tuple:
+        """``(n_pix, S, n_freq)``: the shape of :attr:`d`."""
+        return self.maps.shape[::-1]
 
 
 def _setup(components, instrument, data, need_nside: bool) -> _Setup:
@@ -144,13 +162,10 @@ def _setup(components, instrument, data, need_nside: bool) -> _Setup:
         if need_nside:
             raise
         nside = None  # plain pixels: fine without depths and without patches
-    d = hpx.to_pixel_major(maps)  # a copy: zeroed in place at the bad pixels
-    has_stokes = d.ndim == 3
+    has_stokes = maps.ndim == 3
     if not has_stokes:
-        d = d[:, None, :]
-    if bad.any():
-        d[bad] = 0.0
-    return _Setup(mm, freqs, inst, d, bad, has_stokes, nside)
+        maps = maps[:, None, :]
+    return _Setup(mm, freqs, inst, maps, bad, has_stokes, nside)
 
 
 _NEWTON = (None, "newton")
@@ -338,7 +353,8 @@ def _take_groups(tree, take):
 
 
 _ROUND = 2  # Newton iterations between two compactions of the batch of patches
-_MIN_BATCH = 8  # smallest compacted batch (batch sizes are powers of two: few programs)
+_MIN_BATCH = 8  # smallest compacted batch
+_BASE = 4  # compacted batch sizes are powers of this: few sizes, so few compiled programs
 
 
 def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
@@ -364,7 +380,7 @@ def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
         running = ~np.asarray(state["done"])
         if left == 0 or not running.any() or small:
             break
-        size = max(_MIN_BATCH, 4 ** int(np.ceil(np.log(running.sum()) / np.log(4))))
+        size = max(_MIN_BATCH, _BASE ** int(np.ceil(np.log(running.sum()) / np.log(_BASE))))
         if size < idx.size:  # compact: keep the running groups only
             for out, a in zip((X, done, nit), newton_result(state), strict=True):
                 out[idx] = np.asarray(a)
@@ -454,7 +470,10 @@ def _post_fast(mm, freqs, pw, theta, dpad, layout):
     inv = invAtNA(Aw, None, throw=False)  # (n_group, S, c, c)
     W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
     ch = layout.chunk_group
-    spad = jnp.einsum("nscf,nksf->nksc", W[ch], dpad)
+    # contractions over the frequencies as multiply-and-sum: fused by XLA, they need no
+    # transposed copy of the padded data (a dot would make one)
+    Wc = W[ch][:, None]  # (n_chunk, 1, S, n_comp, n_freq)
+    spad = jnp.stack([jnp.sum(Wc[..., c, :] * dpad, axis=-1) for c in range(mm.n_comp)], -1)
     Awc = Aw[ch][:, None]  # (n_chunk, 1, S, n_freq, n_comp)
     # residuals as one elementwise expression (a sum over the few components): no
     # data-sized intermediate besides chi itself
@@ -464,7 +483,8 @@ def _post_fast(mm, freqs, pw, theta, dpad, layout):
     cols = jnp.asarray(mm.comp_of_param)
     aw = pw[None, None] * A_dB[:, :, None]  # (n_group, n_param, S, n_freq)
     unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
-    proj = jnp.einsum("nksf,npsf->pnks", chipad, unit[ch])
+    unit_c = unit[ch][:, None]  # (n_chunk, 1, n_param, S, n_freq)
+    proj = jnp.stack([jnp.sum(chipad * unit_c[:, :, i], axis=-1) for i in range(mm.n_param)])
     sign = jnp.sign(jnp.moveaxis(spad[..., cols], -1, 0))  # (n_param, n_chunk, K, S)
     chi_dB = proj * sign
     S_g = layout.group_sum(jnp.einsum("nksc,nksC->nscC", spad, spad))
@@ -558,9 +578,7 @@ def _grouping(group: np.ndarray, n_group: int) -> _Layout:
     src = np.full(int(chunks.sum()) * K, group.size, dtype=slot.dtype)
     src[slot] = order
     chunk_group = np.repeat(np.arange(n_group), chunks)
-    return _Layout(
-        jnp.asarray(src), jnp.asarray(where), jnp.asarray(chunk_group), K, int(n_group)
-    )
+    return _Layout(jnp.asarray(src), jnp.asarray(where), jnp.asarray(chunk_group), K, int(n_group))
 
 
 def _stokes_classes(pw: np.ndarray):
@@ -575,9 +593,15 @@ def _stokes_classes(pw: np.ndarray):
 
 
 @eqx.filter_jit
-def _padded_whitened(d, pw, layout):
-    """The prewhitened data ``pw * d`` in the chunked layout: ``(n_chunk, K, S, f)``."""
-    return layout.pad(d * pw[None])
+def _padded_whitened(maps, bad, pw, layout):
+    """The prewhitened data in the chunked layout ``(n_chunk, K, S, f)``, gathered from the
+    maps ``(n_freq, S, n_pix)`` as given (zero at ``bad`` pixels and in the padding): the
+    one data-sized copy the fast path makes."""
+    x = jnp.take(maps, layout.src, axis=-1, mode="fill", fill_value=0)  # (f, S, N)
+    drop = jnp.take(bad, layout.src, mode="fill", fill_value=True)
+    x = jnp.where(drop, 0, x)
+    x = jnp.transpose(x, (2, 1, 0)) * pw[None]
+    return x.reshape((layout.n_chunk, layout.K) + x.shape[1:])
 
 
 @eqx.filter_jit
@@ -662,10 +686,10 @@ def _patch_groups(nside: int, setup: _Setup, name: str = "nside"):
     """``(group, n_group, layout)`` of the patches of an nside map (0: the whole sky)."""
     if nside != 0:
         if setup.nside is None:
-            hpx.check_nside_of_npix(setup.d.shape[0])
+            hpx.check_nside_of_npix(setup.n_pix)
         nside = hpx.check_nside(nside, setup.nside, name)
         return _nside_groups(nside, setup.nside, jnp.asarray(0).dtype)
-    return _nside_groups(0, setup.d.shape[0], jnp.asarray(0).dtype)
+    return _nside_groups(0, setup.n_pix, jnp.asarray(0).dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -717,15 +741,15 @@ def _finish_patches(setup, X, done, nit, F, group, n_group, nside, s, chi, chi_d
 
 def _prewhitening(setup: _Setup) -> np.ndarray:
     """(S, n_freq) prewhitening factors (ones without depths)."""
-    n_pix, S, n_freq = setup.d.shape
+    n_pix, S, n_freq = setup.shape
     data_shape = (n_freq, S, n_pix) if setup.has_stokes else (n_freq, n_pix)
     nside = setup.nside
     if nside is None and (setup.inst.depth_i is not None or setup.inst.depth_p is not None):
         nside = hpx.check_nside_of_npix(n_pix)  # depths need the pixel size: raises
     pw = hpx.prewhiten_factors(setup.inst, data_shape, nside or 0)
     if pw is None:
-        return np.ones((S, n_freq), dtype=setup.d.dtype)
-    return np.broadcast_to(np.asarray(pw, dtype=setup.d.dtype), (S, n_freq))
+        return np.ones((S, n_freq), dtype=setup.maps.dtype)
+    return np.broadcast_to(np.asarray(pw, dtype=setup.maps.dtype), (S, n_freq))
 
 
 def basic_comp_sep(
@@ -759,15 +783,13 @@ def basic_comp_sep(
     mm = setup.mm
     pw = _prewhitening(setup)
     group, n_group, layout = _patch_groups(nside, setup)
-    dtype = setup.d.dtype
-    _warn_x64(jnp.asarray(setup.d[:1]).dtype)
+    dtype = setup.maps.dtype
+    _warn_x64(jnp.asarray(setup.maps[:1, :1, :1]).dtype)
     pw_j = jnp.asarray(pw)
-    dpad = _padded_whitened(setup.d, pw_j, layout)
+    dpad = _padded_whitened(setup.maps, setup.bad, pw_j, layout)
     theta = jnp.zeros((n_group, 0), dtype)
     done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
     newton = minimize_method(minimize_kwargs) in _NEWTON
-    if newton:  # everything below reads the padded copy: free the pixel-major one
-        setup = dataclasses.replace(setup, d=None)
     if mm.n_param:
         maxiter, lo, hi, x0 = _parse_minimize_kwargs(minimize_kwargs, mm.n_param)
         X0 = _patch_x0(x0, mm, n_group, dtype)
@@ -833,7 +855,7 @@ def weighted_comp_sep(
     good_cov = cov_t[~bad]
     if not np.all(np.isfinite(good_cov) & (good_cov > 0)):
         raise ValueError("`cov` must be positive and finite at the pixels used.")
-    setup = dataclasses.replace(setup, bad=bad, d=np.where(bad[:, None, None], 0.0, setup.d))
+    setup = dataclasses.replace(setup, bad=bad)  # its d is zero at these bad pixels too
     n_inv = np.where(bad[:, None, None], 0.0, 1.0 / np.where(bad[:, None, None], 1.0, cov_t))
     group, n_group, _ = _patch_groups(nside, setup)
     dtype = setup.d.dtype
@@ -937,7 +959,7 @@ def adaptive_comp_sep(
     """
     setup = _setup(components, instrument, data, need_nside=True)
     mm = setup.mm
-    n_pix = setup.d.shape[0]
+    n_pix = setup.n_pix
     if isinstance(patch_ids, np.ndarray) and patch_ids.ndim == 1:
         patch_ids = [patch_ids]
     patch_ids = list(patch_ids)
@@ -954,12 +976,12 @@ def adaptive_comp_sep(
     gidx, group = np.unique(combos, axis=0, return_inverse=True)
     group = group.reshape(-1)
     n_group = gidx.shape[0]
-    dtype = setup.d.dtype
+    dtype = setup.maps.dtype
     pw = _prewhitening(setup)
     pw_j = jnp.asarray(pw)
     layout = _grouping(group, n_group)
     pw_f, classes = _stokes_classes(pw)
-    dpad = _padded_whitened(setup.d, pw_j, layout)
+    dpad = _padded_whitened(setup.maps, setup.bad, pw_j, layout)
     C = _fit_covariance(dpad, layout, classes)
 
     kwargs = dict(minimize_kwargs)
@@ -994,8 +1016,14 @@ def adaptive_comp_sep(
         # Every cluster value belongs to a single group (e.g. equal nsides for all the
         # parameters): independent problems, fitted per group with their own step control.
         X, done_g, nit_g = _fit_patches_in_rounds(
-            mm, setup.freqs, pw_f, C, jnp.asarray(x0)[jnp.asarray(gidx)],
-            jnp.asarray(lo_p), jnp.asarray(hi_p), maxiter,
+            mm,
+            setup.freqs,
+            pw_f,
+            C,
+            jnp.asarray(x0)[jnp.asarray(gidx)],
+            jnp.asarray(lo_p),
+            jnp.asarray(hi_p),
+            maxiter,
         )
         x = np.asarray(x0, dtype=dtype).copy()
         x[gidx] = np.asarray(X)

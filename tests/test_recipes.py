@@ -272,7 +272,9 @@ def test_stokes_with_equal_prewhitening_are_fitted_as_one():
     d = rng.normal(size=(64, 3, 2))
     layout = _recipes._grouping(np.repeat(np.arange(4), 16), 4)
     C = np.asarray(
-        _recipes._fit_covariance(_recipes._padded_whitened(d, pw, layout), layout, classes)
+        _recipes._fit_covariance(
+            _recipes._padded_whitened(d.T, np.zeros(64, bool), pw, layout), layout, classes
+        )
     )
     dw = (d * pw[None]).reshape(4, 16, 3, 2)
     full = np.einsum("gpsf,gpsk->gsfk", dw, dw)
