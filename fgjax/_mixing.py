@@ -117,7 +117,7 @@ class MixingMatrix(tuple):
         return jnp.stack(columns, axis=-1)
 
     def __call__(self, nu, x):
-        """Pure form: ``x`` of shape ``(..., n_param)`` -> ``A`` of shape ``(..., n_freq, n_comp)``."""
+        """Pure form: ``x`` ``(..., n_param)`` -> ``A`` ``(..., n_freq, n_comp)``."""
         x = jnp.asarray(x)
         if x.shape[-1:] != (self.n_param,):
             raise ValueError(
@@ -152,22 +152,28 @@ class MixingMatrix(tuple):
             zeros = jnp.zeros(lead + (0, n_freq), A.dtype)
             return A, zeros, (jnp.zeros(lead + (0, 0, n_freq), A.dtype) if second else None)
         flat = x.reshape((-1, n_param))
-        cols = jnp.asarray(self._comp_of_param, dtype=jnp.int32)
-        idx = jnp.arange(n_param)
+        n_sample = freqs.nu.shape[0]
+        firsts, seconds = [], []
+        for c, sl in zip(self, self._slices, strict=True):
+            if c.n_param == 0:
+                continue
 
-        def one(t):
-            return MixingMatrix.__call__(self, freqs, t)
+            def column(t, c=c):  # this component's column, from its own parameters only
+                sed = c.sed(freqs, *(t[i] for i in range(c.n_param)))
+                return integrate(jnp.broadcast_to(sed, (n_sample,)), freqs)
 
-        J = jax.vmap(jax.jacfwd(one))(flat)  # (n, n_freq, n_comp, n_param)
-        A_dB = jnp.moveaxis(J[:, :, cols, idx], 1, -1)  # (n, n_param, n_freq)
+            own = flat[:, sl]
+            firsts.append(jax.vmap(jax.jacfwd(column))(own))  # (n, n_freq, k)
+            if second:
+                seconds.append((sl, jax.vmap(jax.jacfwd(jax.jacfwd(column)))(own)))  # forward only
+        A_dB = jnp.moveaxis(jnp.concatenate(firsts, -1), 1, -1)  # (n, n_param, n_freq)
         A_dB = A_dB.reshape(lead + (n_param, n_freq))
         if not second:
             return A, A_dB, None
-        H = jax.vmap(jax.jacfwd(jax.jacfwd(one)))(flat)  # (n, f, c, i, j)
-        H = H[:, :, cols, idx, :]  # (n, f, i, j): column of parameter i
-        same = cols[:, None] == cols[None, :]
-        H = jnp.where(same[None, None], H, 0)
-        A_dBdB = jnp.moveaxis(H, 1, -1).reshape(lead + (n_param, n_param, n_freq))
+        A_dBdB = jnp.zeros((flat.shape[0], n_param, n_param, n_freq), A.dtype)
+        for sl, h in seconds:  # zero between parameters of different components
+            A_dBdB = A_dBdB.at[:, sl, sl].set(jnp.moveaxis(h, 1, -1))
+        A_dBdB = A_dBdB.reshape(lead + (n_param, n_param, n_freq))
         return A, A_dB, A_dBdB
 
     def diff(self, nu, *params) -> list | None:

@@ -77,3 +77,20 @@ def test_taylor_gives_the_compressed_derivatives_batched():
     A, A_dB, A_dBdB = fixed.taylor(NU, jnp.zeros((4, 0)))
     assert A.shape == (4, NU.size, 2) and A_dB.shape == (4, 0, NU.size)
     assert A_dBdB.shape == (4, 0, 0, NU.size)
+
+
+def test_taylor_integrates_bandpasses():
+    rng = np.random.default_rng(1)
+    bands = [
+        (np.linspace(0.8 * c, 1.2 * c, n), rng.uniform(0.5, 1.0, n))
+        for c, n in ((30.0, 7), (150.0, 23), (353.0, 40))
+    ]
+    x = X0 + 0.05
+    A, A_dB, A_dBdB = MM.taylor(bands, x)
+    np.testing.assert_allclose(A, MM(bands, x), rtol=1e-13)
+    diff, dd = MM.diff(bands, *x), MM.diff_diff(bands, *x)
+    for i, ci in enumerate(MM.comp_of_param):
+        np.testing.assert_allclose(A_dB[i], diff[i][:, 0], rtol=1e-12)
+        for j, cj in enumerate(MM.comp_of_param):
+            if ci == cj:
+                np.testing.assert_allclose(A_dBdB[i, j], dd[i][j][:, 0], rtol=1e-11)
