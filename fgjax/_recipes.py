@@ -128,7 +128,8 @@ class _Setup:
     def d(self) -> np.ndarray:
         """The data pixel-major ``(n_pix, S, n_freq)``, zero at bad pixels (a copy, made on
         first use: the batched fast path reads :attr:`maps` directly)."""
-        d = hpx.to_pixel_major(self.maps)
+        d = np.array(np.asarray(self.maps).T, order="C")  # always a copy: zeroed below,
+        # and the maps may be the user's own array (a transposed one is viewed, not copied)
         if self.bad.any():
             d[self.bad] = 0.0
         return d

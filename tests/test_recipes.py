@@ -281,3 +281,20 @@ def test_stokes_with_equal_prewhitening_are_fitted_as_one():
     for c, idx in enumerate(classes):
         np.testing.assert_allclose(C[:, c], full[:, list(idx)].sum(axis=1), rtol=1e-13)
     assert _recipes._stokes_classes(pw[:2])[1] == ((0,), (1,))
+
+
+def test_recipes_never_write_into_the_data():
+    """A Fortran-ordered data array (e.g. ``maps.T`` of pixel-major maps) with UNSEEN
+    pixels comes back unchanged (its transpose must not be zeroed in place)."""
+    rng = np.random.default_rng(5)
+    nside = 2
+    comps = [fgjax.CMB(), fgjax.Synchrotron(nu0=30.0)]
+    inst = {"frequency": np.array([30.0, 70.0, 150.0, 250.0])}
+    pix_major = rng.normal(size=(12 * nside**2, 4))
+    pix_major[3] = UNSEEN
+    data = pix_major.T  # (n_freq, n_pix), not C-contiguous
+    before = data.copy()
+    cov = np.ones_like(before)
+    fgjax.weighted_comp_sep(comps, inst, data, cov)
+    fgjax.basic_comp_sep(comps, inst, data)
+    np.testing.assert_array_equal(data, before)
