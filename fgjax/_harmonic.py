@@ -34,7 +34,7 @@ from ._likelihood import (
     logL_hessian_from_covariance,
 )
 from ._mixing import MixingMatrix
-from ._optimize import batched_newton
+from ._optimize import batched_newton, reciprocal_mask
 from ._recipes import _parse_minimize_kwargs
 
 __all__ = ["HarmonicSeparationResult", "harmonic_comp_sep"]
@@ -262,7 +262,7 @@ def _apply(invN, X):
 
 
 @eqx.filter_jit
-def _fit(mm, freqs, R, invN, x0, lo, hi, maxiter):
+def _fit(mm, freqs, R, invN, x0, lo, hi, maxiter, recip):
     """Newton fit of the global parameters; returns ``(x, done, nit)``."""
     C = _apply(invN, jnp.swapaxes(_apply(invN, R), -1, -2))  # invN R invN (both symmetric)
     comp = tuple(mm.comp_of_param)
@@ -276,7 +276,7 @@ def _fit(mm, freqs, R, invN, x0, lo, hi, maxiter):
         f, g, H, singular = logL_hessian_from_covariance(A, A_dB, A_dBdB, comp, C, invN)
         return jnp.where(singular, jnp.inf, -f)[None], -g[None], -H[None]
 
-    X, done, nit = batched_newton(vgh, x0[None], lo, hi, maxiter)
+    X, done, nit = batched_newton(vgh, x0[None], lo, hi, maxiter, reciprocal=recip)
     return X[0], done[0], nit[0]
 
 
@@ -427,6 +427,7 @@ def harmonic_comp_sep(
             jnp.asarray(lo, dtype),
             jnp.asarray(hi, dtype),
             jnp.asarray(maxiter),
+            reciprocal_mask(mm.reciprocal, x0, lo, hi),
         )
     else:
         x, done, nit = jnp.zeros((0,), dtype), jnp.asarray(True), jnp.asarray(0)

@@ -79,6 +79,13 @@ class MixingMatrix(tuple):
         return [d for c in self for d in c.defaults]
 
     @property
+    def reciprocal(self) -> tuple[bool, ...]:
+        """For each parameter, whether its component's SED depends on it only through its
+        reciprocal (``AbstractComponent.reciprocal_params``): the batched Newton fits step
+        in ``1/x`` for those."""
+        return tuple(p in c.reciprocal_params for c in self for p in c.params)
+
+    @property
     def comp_of_param(self) -> list[int]:
         """Index of the component (column) each parameter acts on."""
         return list(self._comp_of_param)

@@ -57,7 +57,16 @@ from ._likelihood import (
     logL_hessian_from_covariance,
 )
 from ._mixing import MixingMatrix
-from ._optimize import batched_newton, newton_iterate, newton_result, newton_start
+from ._optimize import (
+    batched_newton,
+    newton_iterate,
+    newton_result,
+    newton_start,
+    reciprocal_bounds,
+    reciprocal_mask,
+    reciprocal_vgh,
+    to_reciprocal,
+)
 
 __all__ = [
     "SeparationResult",
@@ -351,26 +360,28 @@ def _value_grad_hess(values, theta):
 
 # -- compiled fits ----------------------------------------------------------------------------
 @eqx.filter_jit
-def _patches_start(mm, freqs, pw, C, X0, lo, hi):
-    """Newton state of independent fits, one per group (fast path)."""
-    return newton_start(partial(_fast_vgh, mm, freqs, pw, C), X0, lo, hi)
+def _patches_start(mm, freqs, pw, C, U0, lo, hi, recip):
+    """Newton state of independent fits, one per group (fast path), in the coordinates
+    of ``recip`` (:func:`fgjax._optimize.reciprocal_mask`; ``U0``, ``lo``, ``hi`` in them)."""
+    return newton_start(reciprocal_vgh(partial(_fast_vgh, mm, freqs, pw, C), recip), U0, lo, hi)
 
 
 @eqx.filter_jit
-def _patches_iterate(mm, freqs, pw, C, state, lo, hi, n_iter):
+def _patches_iterate(mm, freqs, pw, C, state, lo, hi, n_iter, recip):
     """``n_iter`` more Newton iterations of the groups in ``state`` (fast path)."""
-    return newton_iterate(partial(_fast_vgh, mm, freqs, pw, C), state, lo, hi, n_iter)
+    vgh = reciprocal_vgh(partial(_fast_vgh, mm, freqs, pw, C), recip)
+    return newton_iterate(vgh, state, lo, hi, n_iter)
 
 
 @eqx.filter_jit
-def _fit_patches_pixel(mm, freqs, group, d, n_inv, X0, lo, hi, maxiter):
+def _fit_patches_pixel(mm, freqs, group, d, n_inv, X0, lo, hi, maxiter, recip):
     """Independent fits, one per group (per-pixel noise)."""
     n_group = X0.shape[0]
 
     def values(theta):
         return _pixel_values(mm, freqs, n_group, group, d, n_inv, theta)
 
-    return batched_newton(partial(_value_grad_hess, values), X0, lo, hi, maxiter)
+    return batched_newton(partial(_value_grad_hess, values), X0, lo, hi, maxiter, reciprocal=recip)
 
 
 @jax.jit
@@ -394,14 +405,17 @@ def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
     rounds (about ``log2(n_group)`` of them), never over groups.
     """
     n_group = X0.shape[0]
-    state = _patches_start(mm, freqs, pw, C, jnp.asarray(X0), lo, hi)
+    X0, lo, hi = np.asarray(X0), np.asarray(lo), np.asarray(hi)
+    recip = reciprocal_mask(mm.reciprocal, X0, lo, hi)
+    lo, hi = (jnp.asarray(b) for b in reciprocal_bounds(lo, hi, recip))
+    state = _patches_start(mm, freqs, pw, C, jnp.asarray(to_reciprocal(X0, recip)), lo, hi, recip)
     X, done, nit = (np.array(a) for a in newton_result(state))
     idx = np.arange(n_group)  # the groups of the current batch
     left = int(maxiter)
     while left > 0:
         small = idx.size <= _MIN_BATCH
         k = left if small or n_group <= 64 else min(_ROUND, left)
-        state = _patches_iterate(mm, freqs, pw, C, state, lo, hi, jnp.asarray(k))
+        state = _patches_iterate(mm, freqs, pw, C, state, lo, hi, jnp.asarray(k), recip)
         left -= k
         running = ~np.asarray(state["done"])
         if left == 0 or not running.any() or small:
@@ -416,7 +430,7 @@ def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
             idx = idx[keep]
     for out, a in zip((X, done, nit), newton_result(state), strict=True):
         out[idx] = np.asarray(a)
-    return X, done, nit
+    return to_reciprocal(X, recip), done, nit
 
 
 def _joint_vgh(group_vgh, gidx, n_x, x):
@@ -429,7 +443,7 @@ def _joint_vgh(group_vgh, gidx, n_x, x):
 
 
 @eqx.filter_jit
-def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter):
+def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter, recip):
     """One joint fit of all the cluster values (fast path)."""
     n_x = x0.shape[0]
 
@@ -437,7 +451,7 @@ def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter):
         f, g, H = _joint_vgh(partial(_fast_vgh, mm, freqs, pw, C), gidx, n_x, X[0])
         return f[None], g[None], H[None]
 
-    X, done, nit = batched_newton(vgh, x0[None], lo, hi, maxiter)
+    X, done, nit = batched_newton(vgh, x0[None], lo, hi, maxiter, reciprocal=recip)
     return X[0], done[0], nit[0]
 
 
@@ -894,7 +908,7 @@ def weighted_comp_sep(
         if minimize_method(minimize_kwargs) in _NEWTON:
             theta, done, nit = _fit_patches_pixel(
                 mm, setup.freqs, group_j, d_j, n_inv_j, jnp.asarray(X0), jnp.asarray(lo),
-                jnp.asarray(hi), jnp.asarray(maxiter),
+                jnp.asarray(hi), jnp.asarray(maxiter), reciprocal_mask(mm.reciprocal, X0, lo, hi),
             )  # fmt: skip
         else:
             theta, done, nit = _delegate_patches(
@@ -1034,6 +1048,7 @@ def adaptive_comp_sep(
             maxiter = max(maxiter - start, 0)
     args = (mm, setup.freqs, pw_f, C, jnp.asarray(gidx))
     bounds = (jnp.asarray(lo), jnp.asarray(hi))
+    recip = reciprocal_mask(np.repeat(mm.reciprocal, n_clusters), x0, lo, hi)
     if minimize_method(kwargs) not in _NEWTON:
         if checkpoint is not None:
             raise ValueError("`checkpoint` is supported with the default (Newton) fit only.")
@@ -1055,7 +1070,7 @@ def adaptive_comp_sep(
         x[gidx] = np.asarray(X)
         done, nit = bool(np.all(np.asarray(done_g))), int(np.max(np.asarray(nit_g)))
     elif checkpoint is None:
-        x, done, nit = _fit_joint_fast(*args, jnp.asarray(x0), *bounds, jnp.asarray(maxiter))
+        x, done, nit = _fit_joint_fast(*args, jnp.asarray(x0), *bounds, jnp.asarray(maxiter), recip)
         nit = int(nit)
     else:
         delta = max(int(checkpoint.get("delta", 1)), 1)
@@ -1063,7 +1078,7 @@ def adaptive_comp_sep(
         x, done, nit = jnp.asarray(x0), False, 0
         while nit < maxiter and not done:  # host loop over checkpoints, not over pixels
             step = min(delta, maxiter - nit)
-            x, done, k = _fit_joint_fast(*args, x, *bounds, jnp.asarray(step))
+            x, done, k = _fit_joint_fast(*args, x, *bounds, jnp.asarray(step), recip)
             nit += int(k) if bool(done) else step
             done = bool(done)
             np.save(os.path.join(odir, f"iter_{start + nit}.npy"), np.asarray(x))

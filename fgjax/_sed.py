@@ -17,6 +17,7 @@ the golden fixtures).
 from __future__ import annotations
 
 import ast
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -205,6 +206,15 @@ class AbstractComponent:
         return type(self).__name__
 
     @property
+    def reciprocal_params(self) -> list[str]:
+        """Free parameters that the SED depends on only through their reciprocal (none
+        here; an :class:`AnalyticComponent` finds them in its expression). The batched
+        Newton fits step in ``1/x`` for these: a black-body temperature enters as
+        ``exp(h nu / k T)``, nearly linear in ``1/T`` at CMB frequencies, so the likelihood
+        is far closer to quadratic in ``1/T`` than in ``T``."""
+        return []
+
+    @property
     def defaults(self) -> list[float]:
         """Default (reference) values of the free parameters, in ``params`` order."""
         if self._defaults is None or len(self._defaults) != self.n_param:
@@ -345,6 +355,26 @@ class AnalyticComponent(AbstractComponent):
     def expr(self) -> sympy.Expr:
         """The SymPy expression, fixed parameters substituted."""
         return self._expr
+
+    @functools.cached_property
+    def _reciprocal(self) -> tuple[str, ...]:
+        u = sympy.Dummy("u", positive=True)
+
+        def only_reciprocal(name):
+            # x -> 1/u leaves no negative power of u: x appears only as 1/x
+            e = self._expr.subs(sympy.Symbol(name), 1 / u)
+            return not any(
+                isinstance(a, sympy.Pow) and a.base == u and a.exp.is_negative is not False
+                for a in sympy.preorder_traversal(e)
+            )
+
+        return tuple(p for p in self._params if only_reciprocal(p))
+
+    @property
+    def reciprocal_params(self) -> list[str]:
+        """Free parameters that appear in the expression only as ``1/x`` (e.g. ``temp`` in
+        ``exp(h nu / (k temp))``): the batched Newton fits step in their reciprocal."""
+        return list(self._reciprocal)
 
     def sed(self, freqs: Frequencies, *params):
         return self._value(freqs.nu, *params)

@@ -222,3 +222,19 @@ def test_bands_given_as_bare_frequencies_or_stacked_arrays():
         comp.eval(stacked, 2.0, 1.5),
         [np.trapezoid(f(b) * w, b * 1e9) for b, w in zip(bands, weights)], rtol=1e-13,
     )
+
+
+def test_reciprocal_params_are_found_in_the_expression():
+    """Parameters the SED sees only as 1/x (a black-body temperature) are flagged; the
+    batched Newton fits step in 1/x for them."""
+    assert fgjax.Dust(353.0).reciprocal_params == ["temp"]
+    assert fgjax.ModifiedBlackBody(353.0, units="K_RJ").reciprocal_params == ["temp"]
+    for comp in (fgjax.Synchrotron(30.0), fgjax.CMB(), fgjax.FreeFree(), fgjax.ThermalSZ()):
+        assert comp.reciprocal_params == []
+    assert fgjax.AnalyticComponent("(nu / 30) ** b * exp(nu / T) ** 2").reciprocal_params == ["T"]
+    # T also appears as itself, or beta as 1/beta would need a negative power: not flagged
+    assert fgjax.AnalyticComponent("exp(nu / T) + T").reciprocal_params == []
+    assert fgjax.AnalyticComponent("exp(nu * T)").reciprocal_params == []
+    mm = fgjax.MixingMatrix(fgjax.CMB(), fgjax.Dust(353.0), fgjax.Synchrotron(30.0))
+    assert mm.params == ["Dust.beta_d", "Dust.temp", "Synchrotron.beta_pl"]
+    assert mm.reciprocal == (False, True, False)
