@@ -18,14 +18,6 @@ from ._constants import (
     K_RJ_to_K_CMB_expression,
     parse_units,
 )
-from ._harmonic import HarmonicSeparationResult, harmonic_comp_sep
-from ._ilc import HarmonicILCResult, ILCResult, harmonic_ilc, harmonic_ilc_alm, ilc
-from ._instruments import (
-    Instrument,
-    available_instruments,
-    get_instrument,
-    standardize_instrument,
-)
 from ._cosmology import (
     RLikelihood,
     XForecastResult,
@@ -36,6 +28,14 @@ from ._cosmology import (
     r_likelihood,
     sigma_r_68cl,
     xForecast,
+)
+from ._harmonic import HarmonicSeparationResult, harmonic_comp_sep
+from ._ilc import HarmonicILCResult, ILCResult, harmonic_ilc, harmonic_ilc_alm, ilc
+from ._instruments import (
+    Instrument,
+    available_instruments,
+    get_instrument,
+    standardize_instrument,
 )
 from ._likelihood import (
     D,
@@ -58,6 +58,16 @@ from ._likelihood import (
     whiten,
 )
 from ._mixing import MixingMatrix
+from ._observation import get_noise_realization, get_observation, pixel_size_arcmin
+from ._optimize import batched_newton, comp_sep, minimize, multi_comp_sep
+from ._recipes import (
+    SeparationResult,
+    adaptive_comp_sep,
+    basic_comp_sep,
+    multi_res_comp_sep,
+    weighted_comp_sep,
+)
+from ._results import RESULTS, CompSepResult, MinimizeResult
 from ._sed import (
     CMB,
     AbstractComponent,
@@ -71,16 +81,6 @@ from ._sed import (
     make_broadcastable,
     parse_sed_expression,
 )
-from ._optimize import batched_newton, comp_sep, minimize, multi_comp_sep
-from ._recipes import (
-    SeparationResult,
-    adaptive_comp_sep,
-    basic_comp_sep,
-    multi_res_comp_sep,
-    weighted_comp_sep,
-)
-from ._results import RESULTS, CompSepResult, MinimizeResult
-from ._observation import get_noise_realization, get_observation, pixel_size_arcmin
 from ._sky import OfflineSky, get_sky, sky_emission
 from ._spectra import CMBSpectra, cmb_spectra
 

@@ -108,7 +108,7 @@ def trapezoid_operator(bands) -> tuple[np.ndarray, np.ndarray]:
     nu_all = np.concatenate(nus)
     op = np.zeros((len(rows), nu_all.size))
     start = 0
-    for b, (row, size) in enumerate(zip(rows, sizes)):
+    for b, (row, size) in enumerate(zip(rows, sizes, strict=True)):
         op[b, start : start + size] = row
         start += size
     return nu_all, op

@@ -51,7 +51,7 @@ class MixingMatrix(tuple):
     def __init__(self, *components):
         self._comp_of_param = [i for i, c in enumerate(self) for _ in range(c.n_param)]
         starts = np.cumsum([0] + [c.n_param for c in self])
-        self._slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        self._slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
     @property
     def params(self) -> list[str]:
@@ -118,7 +118,7 @@ class MixingMatrix(tuple):
         freqs, params, shape, dtype = self._prepare(nu, params)
         n_sample = freqs.nu.shape[0]
         columns = []
-        for c, sl in zip(self, self._slices):
+        for c, sl in zip(self, self._slices, strict=True):
             col = jnp.broadcast_to(c.sed(freqs, *params[sl]), shape + (n_sample,))
             columns.append(integrate(col, freqs))
         return jnp.stack(columns, axis=-1)
@@ -194,7 +194,7 @@ class MixingMatrix(tuple):
             return None
         freqs, params, _, _ = self._prepare(nu, params)
         res = []
-        for c, sl in zip(self, self._slices):
+        for c, sl in zip(self, self._slices, strict=True):
             res += [integrate(g, freqs)[..., None] for g in c.sed_diff(freqs, *params[sl])]
         return res
 
@@ -206,7 +206,7 @@ class MixingMatrix(tuple):
         freqs, params, _, dtype = self._prepare(nu, params)
         n = self.n_param
         res = [[jnp.zeros((1, 1), dtype=dtype) for _ in range(n)] for _ in range(n)]
-        for c, sl in zip(self, self._slices):
+        for c, sl in zip(self, self._slices, strict=True):
             if c.n_param == 0:
                 continue
             block = c.sed_diff_diff(freqs, *params[sl])

@@ -87,7 +87,9 @@ def parse_sed_expression(analytic_expr: str) -> sympy.Expr:
     try:
         tree = ast.parse(analytic_expr.strip(), mode="eval")
     except SyntaxError as err:
-        raise ValueError(f"`analytic_expr` does not parse: {analytic_expr!r} ({err.msg}).") from None
+        raise ValueError(
+            f"`analytic_expr` does not parse: {analytic_expr!r} ({err.msg})."
+        ) from None
     called = set()
     names = set()
     for node in ast.walk(tree):
@@ -101,8 +103,16 @@ def parse_sed_expression(analytic_expr: str) -> sympy.Expr:
             called.add(id(node.func))
         elif not isinstance(
             node,
-            (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load,
-             ast.operator, ast.unaryop),
+            (
+                ast.Expression,
+                ast.BinOp,
+                ast.UnaryOp,
+                ast.Name,
+                ast.Constant,
+                ast.Load,
+                ast.operator,
+                ast.unaryop,
+            ),
         ):
             raise ValueError(
                 f"`analytic_expr` may only use arithmetic, names and function calls; "
@@ -219,8 +229,7 @@ class AbstractComponent:
         """Default (reference) values of the free parameters, in ``params`` order."""
         if self._defaults is None or len(self._defaults) != self.n_param:
             warnings.warn(
-                f"{self.name}: no defaults were set for parameters {self.params}; "
-                "returning ones.",
+                f"{self.name}: no defaults were set for parameters {self.params}; returning ones.",
                 stacklevel=2,
             )
             return [1.0] * self.n_param
@@ -253,9 +262,7 @@ class AbstractComponent:
         n = len(params)
 
         def first(i):
-            return lambda *p: jax.jvp(
-                lambda *q: self.sed(freqs, *q), p, _one_hot_tangents(p, i)
-            )[1]
+            return lambda *p: jax.jvp(lambda *q: self.sed(freqs, *q), p, _one_hot_tangents(p, i))[1]
 
         out = [[None] * n for _ in range(n)]
         for i in range(n):
@@ -268,8 +275,7 @@ class AbstractComponent:
     def _checked(self, nu, params):
         if len(params) != self.n_param:
             raise TypeError(
-                f"{self.name} takes {self.n_param} parameter(s) {self.params}, "
-                f"got {len(params)}."
+                f"{self.name} takes {self.n_param} parameter(s) {self.params}, got {len(params)}."
             )
         freqs = as_frequencies(nu)
         dtype = _common_float_dtype(freqs.nu, *params)
@@ -454,9 +460,7 @@ class PowerLaw(AnalyticComponent):
                 "PowerLaw: both `nu_pivot` and `running` are free; they are nearly degenerate.",
                 stacklevel=2,
             )
-        expr = "(nu / nu0)**(beta_pl + running * log(nu / nu_pivot))" + _units_factor(
-            units, "nu0"
-        )
+        expr = "(nu / nu0)**(beta_pl + running * log(nu / nu_pivot))" + _units_factor(units, "nu0")
         super().__init__(expr, nu0=nu0, nu_pivot=nu_pivot, beta_pl=beta_pl, running=running)
         self._set_default_of_free_symbols(
             beta_pl=self._REF_BETA, running=self._REF_RUN, nu_pivot=self._REF_NU_PIVOT
