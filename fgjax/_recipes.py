@@ -12,7 +12,11 @@ How a fit runs. The data are reduced once: pixels that share their mixing matrix
 *group* (a patch, or for adaptive fits a unique combination of clusters), and with a noise
 shared inside a group the likelihood depends on the data only through the per-group
 $\sum N^{-1} d d^T N^{-1}$ (the fast path of :mod:`fgjax._likelihood`; pixel-dependent
-noise takes the general per-pixel path). Independent patches are then fitted together by
+noise takes the general per-pixel path). On the fast path the maps are read from the
+host in blocks of pixels, twice (this reduction, then the outputs), so the device never
+holds a whole copy of them. Parameters that an SED sees only through their reciprocal
+(a black-body temperature) are stepped in ``1/x``, where the likelihood is close to
+quadratic. Independent patches are then fitted together by
 the batched damped Newton method of :func:`fgjax._optimize.batched_newton` with exact
 Hessians: on the fast path in closed form from the SED derivatives
 (:func:`fgjax._likelihood.logL_hessian_from_covariance`), otherwise by autodiff. The
@@ -488,52 +492,105 @@ def _directional_fisher(loglike, n_param, dtype):
 
 
 @eqx.filter_jit
-def _post_fast(mm, freqs, pw, theta, dpad, layout):
-    """Outputs of a fit with noise shared by the pixels of each group (prewhitening ``pw``).
+def _group_operators(mm, freqs, pw, theta):
+    """Per group and Stokes, at ``theta``: the prewhitened ``A`` (n_group, S, f, c),
+    ``invAtNA`` (n_group, S, c, c), ``W = invAtNA A^T`` (n_group, S, c, f) and the
+    prewhitened column derivatives ``a_i`` (n_group, S, n_param, f) (None without
+    parameters)."""
+    A, A_dB, _ = mm.taylor(freqs, theta, second=False)
+    Aw = pw[None, :, :, None] * A[:, None]
+    inv = invAtNA(Aw, None, throw=False)
+    W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
+    aw = None if mm.n_param == 0 else pw[None, :, None] * A_dB[:, None]
+    return Aw, inv, W, aw
 
-    ``dpad``: the prewhitened data in the chunked layout (:func:`_padded_whitened`).
-    Everything runs per group on that layout (:class:`_Layout`): no per-pixel copy of
-    ``A`` or of its derivatives. ``invAtNA`` is per group and Stokes. The Fisher matrix
-    is fgbuster's (``fisher_logL_dB_dB`` at the separated ``s``), from each group's
-    ``sum s s^T``. ``chi_dB`` is ``chi`` projected on the prewhitened ``dA/dx_i s``: with
-    one column per parameter that is ``sign(s_c) chi . a_i / |a_i|``.
+
+@partial(jax.jit, static_argnames=("cols", "K", "want_chi_dB"))  # plain jit: called per block
+def _block_outputs(x, drop, pw, chunk_group, ops, cols, S_g, K: int, want_chi_dB: bool):
+    """The outputs of one block of chunks (:func:`_blocks`) from its raw data ``x``.
+
+    ``s = W d`` and ``chi = d - A s`` per pixel, with W and A of the pixel's group;
+    ``chi_dB`` is ``chi`` projected on the prewhitened ``dA/dx_i s``: with one column per
+    parameter that is ``sign(s_c) chi . a_i / |a_i|``. Contractions over the frequencies
+    are multiply-and-sum, which XLA fuses without transposed copies of the data. Also
+    adds the block's per-group ``sum s s^T`` to ``S_g`` (n_group + 1, S, c, c), the last
+    row collecting the padding chunks.
 
     Returns:
-        In the padded layout (:func:`_to_pixels` puts them back in pixel order on the host,
-        so no pixel-ordered copy is made on the device): ``s`` (n_chunk, K, S, n_comp),
-        ``chi`` (n_chunk, K, S, n_freq), ``chi_dB`` (n_param, n_chunk, K, S) or None;
-        then ``invAtNA`` (n_group, S, c, c) and the Fisher matrices
+        ``s`` (B, K, S, c), ``chi`` (B, K, S, f), ``chi_dB`` (n_param, B, K, S) or None,
+        and the updated ``S_g``.
+    """
+    Aw, _, W, aw = ops
+    d = _whitened_block(x, drop, pw, K)
+    n_comp = Aw.shape[-1]
+    Wc = W[chunk_group][:, None]  # (B, 1, S, c, f); the padding chunks clip to a group
+    s = jnp.stack([jnp.sum(Wc[..., c, :] * d, axis=-1) for c in range(n_comp)], -1)
+    Awc = Aw[chunk_group][:, None]  # (B, 1, S, f, c)
+    chi = d - sum(Awc[..., c] * s[..., c, None] for c in range(n_comp))
+    S_g = S_g.at[chunk_group].add(jnp.einsum("nksc,nksC->nscC", s, s))
+    if not want_chi_dB or aw is None:
+        return s, chi, None, S_g
+    unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
+    unit_c = jnp.moveaxis(unit[chunk_group], 2, 1)[:, None]  # (B, 1, n_param, S, f)
+    proj = jnp.stack([jnp.sum(chi * unit_c[:, :, i], axis=-1) for i in range(aw.shape[2])])
+    sign = jnp.sign(jnp.moveaxis(s[..., jnp.asarray(cols)], -1, 0))  # (n_param, B, K, S)
+    return s, chi, proj * sign, S_g
+
+
+@eqx.filter_jit
+def _fisher_from_sums(mm, ops, S_g):
+    """fgbuster's Fisher matrix (``fisher_logL_dB_dB`` at the separated ``s``) per group,
+    from each group's ``sum s s^T``."""
+    Aw, _, _, aw = ops
+    comp = tuple(mm.comp_of_param)
+    return jax.vmap(lambda A_, a_, S_: fisher_from_amplitude_covariance(A_, a_, comp, S_))(
+        Aw, aw, S_g
+    )
+
+
+def _fast_outputs(mm, freqs, pw, theta, maps, bad, layout, want_chi_dB=True):
+    """Outputs of a fit with noise shared by the pixels of each group (prewhitening
+    ``pw``), computed block by block from the maps (:func:`_blocks`) and written straight
+    into pixel-ordered host arrays: the device never holds the whole data, so the working
+    memory is that of the outputs plus a block.
+
+    Returns:
+        ``s`` (n_pix, S, c), ``chi`` (n_pix, S, f), ``chi_dB`` (n_param, n_pix, S) or None
+        (host, writable), ``invAtNA`` (n_group, S, c, c) and the Fisher matrices
         (n_group, n_param, n_param) or None.
     """
-    A, A_dB, _ = mm.taylor(freqs, theta, second=False)
-    Aw = pw[None, :, :, None] * A[:, None]  # (n_group, S, n_freq, n_comp)
-    inv = invAtNA(Aw, None, throw=False)  # (n_group, S, c, c)
-    W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
-    ch = layout.chunk_group
-    # contractions over the frequencies as multiply-and-sum: fused by XLA, they need no
-    # transposed copy of the padded data (a dot would make one)
-    Wc = W[ch][:, None]  # (n_chunk, 1, S, n_comp, n_freq)
-    spad = jnp.stack([jnp.sum(Wc[..., c, :] * dpad, axis=-1) for c in range(mm.n_comp)], -1)
-    Awc = Aw[ch][:, None]  # (n_chunk, 1, S, n_freq, n_comp)
-    # residuals as one elementwise expression (a sum over the few components): no
-    # data-sized intermediate besides chi itself
-    chipad = dpad - sum(Awc[..., c] * spad[..., c, None] for c in range(mm.n_comp))
-    if mm.n_param == 0:
-        return spad, chipad, None, inv, None
-    cols = jnp.asarray(mm.comp_of_param)
-    aw = pw[None, None] * A_dB[:, :, None]  # (n_group, n_param, S, n_freq)
-    unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
-    unit_c = unit[ch][:, None]  # (n_chunk, 1, n_param, S, n_freq)
-    proj = jnp.stack([jnp.sum(chipad * unit_c[:, :, i], axis=-1) for i in range(mm.n_param)])
-    sign = jnp.sign(jnp.moveaxis(spad[..., cols], -1, 0))  # (n_param, n_chunk, K, S)
-    chi_dB = proj * sign
-    S_g = layout.group_sum(jnp.einsum("nksc,nksC->nscC", spad, spad))
-    aw_s = jnp.swapaxes(aw, 1, 2)  # (n_group, S, n_param, n_freq)
-    comp = tuple(mm.comp_of_param)
-    F = jax.vmap(lambda A_, a_, S_: fisher_from_amplitude_covariance(A_, a_, comp, S_))(
-        Aw, aw_s, S_g
-    )
-    return spad, chipad, chi_dB, inv, F
+    n_freq, S, n_pix = maps.shape
+    ops = _group_operators(mm, freqs, pw, theta)
+    n_comp, n_param = mm.n_comp, mm.n_param
+    want_chi_dB = bool(want_chi_dB and n_param)
+    # host outputs in float64 as fgbuster's, whatever the precision of the fit, with one
+    # extra pixel that takes the padding slots (a block is written with one scatter)
+    s = np.empty((n_pix + 1, S, n_comp))
+    chi = np.empty((n_pix + 1, S, n_freq))
+    chi_dB = np.empty((n_param, n_pix + 1, S)) if want_chi_dB else None
+    S_g = jnp.zeros((layout.n_group + 1, S, n_comp, n_comp), ops[1].dtype)
+    cols = tuple(mm.comp_of_param)
+
+    def write(src, sb, chib, dBb):
+        s[src] = np.asarray(sb).reshape((-1, S, n_comp))
+        chi[src] = np.asarray(chib).reshape((-1, S, n_freq))
+        if want_chi_dB:
+            chi_dB[:, src] = np.asarray(dBb).reshape((n_param, -1, S))
+
+    pending = None  # the previous block, written while the device computes this one
+    for x, drop, src, cg in _blocks(maps, bad, layout):
+        sb, chib, dBb, S_g = _block_outputs(
+            x, drop, pw, cg, ops, cols=cols, S_g=S_g, K=layout.K, want_chi_dB=want_chi_dB
+        )
+        if pending is not None:
+            write(*pending)
+        pending = (src, sb, chib, dBb)
+    write(*pending)
+    s, chi = s[:n_pix], chi[:n_pix]
+    chi_dB = None if chi_dB is None else chi_dB[:, :n_pix]
+    inv = ops[1]
+    F = None if n_param == 0 else _fisher_from_sums(mm, ops, S_g[:-1])
+    return s, chi, chi_dB, inv, F
 
 
 @eqx.filter_jit
@@ -569,7 +626,6 @@ class _Layout(eqx.Module):
     """
 
     src: jax.Array  # (n_chunk * K,) pixel at each padded position (n_pix: padding)
-    where: jax.Array  # (n_pix,) position of each pixel in the padded layout
     chunk_group: jax.Array  # (n_chunk,) group of each chunk
     K: int = eqx.field(static=True)
     n_group: int = eqx.field(static=True)
@@ -582,10 +638,6 @@ class _Layout(eqx.Module):
         """(n_pix, ...) -> (n_chunk, K, ...), zero in the padding (one gather)."""
         flat = jnp.take(x, self.src, axis=0, mode="fill", fill_value=0)
         return flat.reshape((self.n_chunk, self.K) + x.shape[1:])
-
-    def unpad(self, x):
-        """(n_chunk, K, ...) -> (n_pix, ...)."""
-        return x.reshape((-1,) + x.shape[2:])[self.where]
 
     def group_sum(self, x):
         """Per-chunk values (n_chunk, ...) summed per group: (n_group, ...)."""
@@ -613,12 +665,10 @@ def _grouping(group: np.ndarray, n_group: int) -> _Layout:
     g_sorted = group[order]
     pos = np.arange(group.size) - starts[g_sorted]
     slot = (first_chunk[g_sorted] + pos // K) * K + pos % K
-    where = np.empty_like(slot)
-    where[order] = slot
     src = np.full(int(chunks.sum()) * K, group.size, dtype=slot.dtype)
     src[slot] = order
     chunk_group = np.repeat(np.arange(n_group), chunks)
-    return _Layout(jnp.asarray(src), jnp.asarray(where), jnp.asarray(chunk_group), K, int(n_group))
+    return _Layout(jnp.asarray(src), jnp.asarray(chunk_group), K, int(n_group))
 
 
 def _stokes_classes(pw: np.ndarray):
@@ -632,41 +682,78 @@ def _stokes_classes(pw: np.ndarray):
     return jnp.asarray(rows), classes
 
 
-@eqx.filter_jit
-def _padded_whitened(maps, bad, pw, layout):
-    """The prewhitened data in the chunked layout ``(n_chunk, K, S, f)``, gathered from the
-    maps ``(n_freq, S, n_pix)`` as given (zero at ``bad`` pixels and in the padding): the
-    one data-sized copy the fast path makes."""
-    x = jnp.take(maps, layout.src, axis=-1, mode="fill", fill_value=0)  # (f, S, N)
-    drop = jnp.take(bad, layout.src, mode="fill", fill_value=True)
+_BLOCKS = 16  # the maps are read in about this many blocks: a block is all the device holds
+_MIN_BLOCK = 4096  # pixels: smaller maps are one block
+
+
+def _blocks(maps, bad, layout: _Layout):
+    """The maps ``(n_freq, S, n_pix)`` (host, as given) read in blocks of whole chunks of
+    the layout (:class:`_Layout`), each gathered on the host: yields ``x (f, S, B*K)``,
+    ``drop (B*K,)`` (bad pixels and padding), the pixel of each slot ``src (B*K,)`` (n_pix
+    for padding) and the group of each chunk ``(B,)`` (``n_group`` for padding chunks).
+    All the blocks have the same shape (one compiled program); the device never holds
+    more than a block of the data (a whole copy on the device would be 1x the input)."""
+    n_pix = maps.shape[-1]
+    K, n_chunk, n_group = layout.K, layout.n_chunk, layout.n_group
+    B = min(n_chunk, max(-(-n_chunk // _BLOCKS), -(-_MIN_BLOCK // K)))
+    n_block = -(-n_chunk // B)
+    src_all = np.asarray(layout.src)
+    group_all = np.asarray(layout.chunk_group)
+    bad = np.asarray(bad)
+    for b in range(n_block):
+        src = np.full(B * K, n_pix, src_all.dtype)
+        part = src_all[b * B * K : (b + 1) * B * K]
+        src[: part.size] = part
+        cg = np.full(B, n_group, group_all.dtype)
+        part = group_all[b * B : (b + 1) * B]
+        cg[: part.size] = part
+        idx = np.minimum(src, n_pix - 1)
+        x = np.take(maps, idx, axis=-1)
+        drop = (src >= n_pix) | bad[idx]
+        yield x, drop, src, cg
+
+
+def _whitened_block(x, drop, pw, K: int):
+    """A block of raw data ``(f, S, B*K)`` prewhitened in the chunked layout
+    ``(B, K, S, f)``, zero at dropped slots (traced)."""
     x = jnp.where(drop, 0, x)
     x = jnp.transpose(x, (2, 1, 0)) * pw[None]
-    return x.reshape((layout.n_chunk, layout.K) + x.shape[1:])
+    return x.reshape((-1, K) + x.shape[1:])
 
 
-@eqx.filter_jit
-def _fit_covariance(dpad, layout, classes):
-    """Per group and Stokes class (:func:`_stokes_classes`), the sum of the outer products
-    of the padded prewhitened data: ``(n_group, n_class, f, f)``."""
-    C = layout.group_sum(jnp.einsum("nksf,nksg->nsfg", dpad, dpad))
-    return jnp.stack([sum(C[:, i] for i in idx) for idx in classes], 1)
+@partial(jax.jit, static_argnames=("classes", "K"))  # plain jit: called per block
+def _block_covariance(x, drop, pw, chunk_group, classes, C, K: int):
+    """Adds one block's per-group, per-Stokes-class (:func:`_stokes_classes`) sum of the
+    outer products of the prewhitened data to ``C`` (n_group + 1, n_class, f, f), the last
+    row collecting the padding chunks."""
+    d = _whitened_block(x, drop, pw, K)
+    Cb = jnp.einsum("nksf,nksg->nsfg", d, d)
+    Cb = jnp.stack([sum(Cb[:, i] for i in idx) for idx in classes], 1)
+    return C.at[chunk_group].add(Cb)
+
+
+def _fit_covariance(maps, bad, pw, layout: _Layout, classes):
+    """Per group and Stokes class, the sum of the outer products of the prewhitened data
+    ``(n_group, n_class, f, f)``: the maps read once, block by block (:func:`_blocks`)."""
+    n_freq = maps.shape[0]
+    C = jnp.zeros((layout.n_group + 1, len(classes), n_freq, n_freq), pw.dtype)
+    for x, drop, _, cg in _blocks(maps, bad, layout):
+        previous = C
+        C = _block_covariance(x, drop, pw, cg, classes=classes, C=C, K=layout.K)
+        previous.block_until_ready()  # two blocks in flight at most: dispatch is async
+    return C[:-1]
 
 
 @eqx.filter_jit
 def _group_covariance(dw, layout: _Layout):
-    """Per (group, Stokes) sums of outer products of whitened data ``dw`` (n_pix, S, f):
-    ``(n_group, S, f, f)``, by one batched product over the chunks."""
-    return _fit_covariance(layout.pad(dw), layout, tuple((i,) for i in range(dw.shape[1])))
+    """Per (group, Stokes) sums of outer products of whitened data ``dw`` (n_pix, S, f)
+    already on the device: ``(n_group, S, f, f)``, by one batched product over the
+    chunks (the benchmarks' one-pass floor)."""
+    d = layout.pad(dw)
+    return layout.group_sum(jnp.einsum("nksf,nksg->nsfg", d, d))
 
 
 # -- packing ----------------------------------------------------------------------------------
-def _to_pixels(padded, layout: _Layout, axis: int = 0) -> np.ndarray:
-    """A chunked-layout array back in pixel order, as a new host array (one gather)."""
-    padded = np.asarray(padded)
-    shape = padded.shape[:axis] + (-1,) + padded.shape[axis + 2 :]
-    return np.take(padded.reshape(shape), np.asarray(layout.where), axis=axis)
-
-
 def _writable(values) -> np.ndarray:
     """A float64 host array we may write into: ``values`` itself when it is one."""
     values = np.asarray(values)
@@ -826,7 +913,6 @@ def basic_comp_sep(
     dtype = setup.maps.dtype
     _warn_x64(jnp.asarray(setup.maps[:1, :1, :1]).dtype)
     pw_j = jnp.asarray(pw)
-    dpad = _padded_whitened(setup.maps, setup.bad, pw_j, layout)
     theta = jnp.zeros((n_group, 0), dtype)
     done, nit = np.ones(n_group, bool), np.zeros(n_group, int)
     newton = minimize_method(minimize_kwargs) in _NEWTON
@@ -835,7 +921,7 @@ def basic_comp_sep(
         X0 = _patch_x0(x0, mm, n_group, dtype)
         if newton:
             pw_f, classes = _stokes_classes(pw)
-            C = _fit_covariance(dpad, layout, classes)
+            C = _fit_covariance(setup.maps, setup.bad, pw_j, layout, classes)
             theta, done, nit = _fit_patches_in_rounds(
                 mm, setup.freqs, pw_f, C, X0, jnp.asarray(lo), jnp.asarray(hi), maxiter
             )
@@ -844,10 +930,9 @@ def basic_comp_sep(
             theta, done, nit = _delegate_patches(
                 setup, invN, group, n_group, X0, lo, hi, minimize_kwargs
             )
-    s, chi, chi_dB, inv, F = _post_fast(mm, setup.freqs, pw_j, theta, dpad, layout)
-    del dpad  # before the outputs are copied to the host
-    s, chi = _to_pixels(s, layout), _to_pixels(chi, layout)
-    chi_dB = None if chi_dB is None else _to_pixels(chi_dB, layout, axis=1)
+    s, chi, chi_dB, inv, F = _fast_outputs(
+        mm, setup.freqs, pw_j, theta, setup.maps, setup.bad, layout
+    )
     inv = np.asarray(inv)
     if not setup.has_stokes:
         inv = inv[:, 0]
@@ -1021,8 +1106,7 @@ def adaptive_comp_sep(
     pw_j = jnp.asarray(pw)
     layout = _grouping(group, n_group)
     pw_f, classes = _stokes_classes(pw)
-    dpad = _padded_whitened(setup.maps, setup.bad, pw_j, layout)
-    C = _fit_covariance(dpad, layout, classes)
+    C = _fit_covariance(setup.maps, setup.bad, pw_j, layout, classes)
 
     kwargs = dict(minimize_kwargs)
     checkpoint = kwargs.pop("checkpoint", None)
@@ -1084,9 +1168,9 @@ def adaptive_comp_sep(
             np.save(os.path.join(odir, f"iter_{start + nit}.npy"), np.asarray(x))
     x = np.asarray(x, dtype=float)
     theta = jnp.asarray(x)[jnp.asarray(gidx)]
-    s, chi, _, inv, H = _post_fast(mm, setup.freqs, pw_j, theta, dpad, layout)
-    del dpad
-    s, chi = _to_pixels(s, layout), _to_pixels(chi, layout)
+    s, chi, _, inv, H = _fast_outputs(
+        mm, setup.freqs, pw_j, theta, setup.maps, setup.bad, layout, want_chi_dB=False
+    )
     inv = np.asarray(inv)
     inv = inv[group] if setup.has_stokes else inv[group, 0]
     # Fisher of all the cluster values, assembled from the per-group blocks
