@@ -751,7 +751,8 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
     A problem stops after the step taken from a point whose Newton decrement
     $g^T H^{-1} g$ (the squared distance to the minimum in units of the parameters' errors)
     is below ``tol`` (that last step, in the quadratic regime, lands at about the square
-    of it: exact to rounding for noiseless data as for noisy); when the
+    of it: exact to rounding for noiseless data as for noisy; it is taken with no further
+    evaluation when it stays inside the bounds, so the problem leaves at once); when the
     decrement reaches the rounding level of the objective and stops decreasing (there,
     steps are judged by the decrease of the decrement instead of the objective's); when an
     accepted plain step no longer changes the objective (a flat direction, e.g. an
@@ -794,10 +795,16 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
         stalled = accept & ~noisy & (lam == 0) & (gain <= 1e-12 * (jnp.abs(f) + 1.0))
         failed = lam_new > 1e12
         pick = accept[:, None]
-        # converged (below tol the minimum is within 1e-2 sigma): this last plain Newton
-        # step lands at the rounding level, as the convergence is quadratic there
+        # converged (below tol the minimum is within 1e-2 sigma): one last plain Newton
+        # step lands at the rounding level, as the convergence is quadratic there; where
+        # the accepted trial is already below tol, that step is taken now, from the
+        # factorisation just computed, with no evaluation (the problem leaves the batch
+        # one iteration earlier)
+        landed = trial - _solve(Ft, gt)
+        inside = jnp.all((landed > lo[None]) & (landed < hi[None]), axis=-1)
+        last = accept & (dect <= tol) & inside  # a step onto a bound is evaluated first
         new = dict(
-            X=jnp.where(pick, trial, X),
+            X=jnp.where(last[:, None], landed, jnp.where(pick, trial, X)),
             f=jnp.where(accept, ft, f),
             g=jnp.where(pick, gt, g),
             H=jnp.where(pick[:, :, None], Ht, Hp),
@@ -805,7 +812,7 @@ def newton_iterate(vgh, state, lo, hi, n_iter, tol=NEWTON_TOL):
             dec=jnp.where(accept, dect, dec),
             lam=jnp.where(done, lam, lam_new),
             nit=st["nit"] + (~done).astype(jnp.int32),
-            done=done | converged | floor | stalled | failed,
+            done=done | converged | floor | stalled | failed | last,
         )
         return new, it + 1
 

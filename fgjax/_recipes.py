@@ -393,7 +393,7 @@ def _take_groups(tree, take):
     return jax.tree_util.tree_map(lambda a: a[take], tree)
 
 
-_ROUND = 2  # Newton iterations between two compactions of the batch of patches
+_ROUND = 1  # Newton iterations between two compactions of the batch of patches
 _MIN_BATCH = 8  # smallest compacted batch
 _BASE = 4  # compacted batch sizes are powers of this: few sizes, so few compiled programs
 
@@ -505,35 +505,35 @@ def _group_operators(mm, freqs, pw, theta):
     return Aw, inv, W, aw
 
 
-@partial(jax.jit, static_argnames=("cols", "K", "want_chi_dB"))  # plain jit: called per block
-def _block_outputs(x, drop, pw, chunk_group, ops, cols, S_g, K: int, want_chi_dB: bool):
-    """The outputs of one block of chunks (:func:`_blocks`) from its raw data ``x``.
+@partial(jax.jit, static_argnames=("cols", "want_chi_dB"))  # plain jit: called per block
+def _block_outputs(x, bad, group, pw, ops, cols, S_g, want_chi_dB: bool):
+    """The outputs of one block of pixels (:func:`_pixel_blocks`) from its raw data ``x``.
 
     ``s = W d`` and ``chi = d - A s`` per pixel, with W and A of the pixel's group;
     ``chi_dB`` is ``chi`` projected on the prewhitened ``dA/dx_i s``: with one column per
     parameter that is ``sign(s_c) chi . a_i / |a_i|``. Contractions over the frequencies
-    are multiply-and-sum, which XLA fuses without transposed copies of the data. Also
+    are multiply-and-sum, which XLA fuses with the gathers of the groups' operators. Also
     adds the block's per-group ``sum s s^T`` to ``S_g`` (n_group + 1, S, c, c), the last
-    row collecting the padding chunks.
+    row collecting the padding pixels.
 
     Returns:
-        ``s`` (B, K, S, c), ``chi`` (B, K, S, f), ``chi_dB`` (n_param, B, K, S) or None,
-        and the updated ``S_g``.
+        ``s`` (P, S, c), ``chi`` (P, S, f), ``chi_dB`` (n_param, P, S) or None, and the
+        updated ``S_g``.
     """
     Aw, _, W, aw = ops
-    d = _whitened_block(x, drop, pw, K)
+    d = jnp.where(bad[:, None, None], 0, jnp.transpose(x, (2, 1, 0)) * pw[None])  # (P, S, f)
     n_comp = Aw.shape[-1]
-    Wc = W[chunk_group][:, None]  # (B, 1, S, c, f); the padding chunks clip to a group
-    s = jnp.stack([jnp.sum(Wc[..., c, :] * d, axis=-1) for c in range(n_comp)], -1)
-    Awc = Aw[chunk_group][:, None]  # (B, 1, S, f, c)
-    chi = d - sum(Awc[..., c] * s[..., c, None] for c in range(n_comp))
-    S_g = S_g.at[chunk_group].add(jnp.einsum("nksc,nksC->nscC", s, s))
+    W_p = W[group]  # (P, S, c, f); padding pixels (group n_group) clip to a group
+    s = jnp.stack([jnp.sum(W_p[..., c, :] * d, axis=-1) for c in range(n_comp)], -1)
+    A_p = Aw[group]  # (P, S, f, c)
+    chi = d - sum(A_p[..., c] * s[..., c, None] for c in range(n_comp))
+    S_g = S_g.at[group].add(s[..., :, None] * s[..., None, :])
     if not want_chi_dB or aw is None:
         return s, chi, None, S_g
-    unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
-    unit_c = jnp.moveaxis(unit[chunk_group], 2, 1)[:, None]  # (B, 1, n_param, S, f)
-    proj = jnp.stack([jnp.sum(chi * unit_c[:, :, i], axis=-1) for i in range(aw.shape[2])])
-    sign = jnp.sign(jnp.moveaxis(s[..., jnp.asarray(cols)], -1, 0))  # (n_param, B, K, S)
+    unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))  # (n_group, S, P, f)
+    unit_p = unit[group]  # (P, S, n_param, f)
+    proj = jnp.stack([jnp.sum(chi * unit_p[:, :, i], axis=-1) for i in range(aw.shape[2])])
+    sign = jnp.sign(jnp.moveaxis(s[..., jnp.asarray(cols)], -1, 0))  # (n_param, P, S)
     return s, chi, proj * sign, S_g
 
 
@@ -548,49 +548,64 @@ def _fisher_from_sums(mm, ops, S_g):
     )
 
 
-def _fast_outputs(mm, freqs, pw, theta, maps, bad, layout, want_chi_dB=True):
+def _fast_outputs(mm, freqs, pw, theta, maps, bad, group, n_group, want_chi_dB=True):
     """Outputs of a fit with noise shared by the pixels of each group (prewhitening
-    ``pw``), computed block by block from the maps (:func:`_blocks`) and written straight
-    into pixel-ordered host arrays: the device never holds the whole data, so the working
-    memory is that of the outputs plus a block.
+    ``pw``; ``group`` the group of each pixel), computed block by block from the maps
+    (:func:`_pixel_blocks`) and copied straight into the host outputs: the device never
+    holds the whole data, so the working memory is that of the outputs plus a block.
 
     Returns:
         ``s`` (n_pix, S, c), ``chi`` (n_pix, S, f), ``chi_dB`` (n_param, n_pix, S) or None
-        (host, writable), ``invAtNA`` (n_group, S, c, c) and the Fisher matrices
-        (n_group, n_param, n_param) or None.
+        (float64 host arrays, writable), ``invAtNA`` (n_group, S, c, c) and the Fisher
+        matrices (n_group, n_param, n_param) or None.
     """
     n_freq, S, n_pix = maps.shape
     ops = _group_operators(mm, freqs, pw, theta)
     n_comp, n_param = mm.n_comp, mm.n_param
     want_chi_dB = bool(want_chi_dB and n_param)
-    # host outputs in float64 as fgbuster's, whatever the precision of the fit, with one
-    # extra pixel that takes the padding slots (a block is written with one scatter)
-    s = np.empty((n_pix + 1, S, n_comp))
-    chi = np.empty((n_pix + 1, S, n_freq))
-    chi_dB = np.empty((n_param, n_pix + 1, S)) if want_chi_dB else None
-    S_g = jnp.zeros((layout.n_group + 1, S, n_comp, n_comp), ops[1].dtype)
+    # float64 host outputs as fgbuster's, whatever the precision of the fit
+    s = np.empty((n_pix, S, n_comp))
+    chi = np.empty((n_pix, S, n_freq))
+    chi_dB = np.empty((n_param, n_pix, S)) if want_chi_dB else None
+    S_g = jnp.zeros((n_group + 1, S, n_comp, n_comp), ops[1].dtype)
     cols = tuple(mm.comp_of_param)
 
-    def write(src, sb, chib, dBb):
-        s[src] = np.asarray(sb).reshape((-1, S, n_comp))
-        chi[src] = np.asarray(chib).reshape((-1, S, n_freq))
+    def write(a, b, sb, chib, dBb):
+        s[a:b] = np.asarray(sb)[: b - a]
+        chi[a:b] = np.asarray(chib)[: b - a]
         if want_chi_dB:
-            chi_dB[:, src] = np.asarray(dBb).reshape((n_param, -1, S))
+            chi_dB[:, a:b] = np.asarray(dBb)[:, : b - a]
 
-    pending = None  # the previous block, written while the device computes this one
-    for x, drop, src, cg in _blocks(maps, bad, layout):
+    pending = None  # the previous block, copied while the device computes this one
+    for a, b, x, bad_b, group_b in _pixel_blocks(maps, bad, group, n_group):
         sb, chib, dBb, S_g = _block_outputs(
-            x, drop, pw, cg, ops, cols=cols, S_g=S_g, K=layout.K, want_chi_dB=want_chi_dB
+            x, bad_b, group_b, pw, ops, cols=cols, S_g=S_g, want_chi_dB=want_chi_dB
         )
         if pending is not None:
             write(*pending)
-        pending = (src, sb, chib, dBb)
+        pending = (a, b, sb, chib, dBb)
     write(*pending)
-    s, chi = s[:n_pix], chi[:n_pix]
-    chi_dB = None if chi_dB is None else chi_dB[:, :n_pix]
-    inv = ops[1]
     F = None if n_param == 0 else _fisher_from_sums(mm, ops, S_g[:-1])
-    return s, chi, chi_dB, inv, F
+    return s, chi, chi_dB, ops[1], F
+
+
+def _pixel_blocks(maps, bad, group, n_group: int):
+    """The maps ``(n_freq, S, n_pix)`` (host, as given) in blocks of consecutive pixels:
+    yields ``(a, b, x, bad, group)`` for pixels ``a:b``, all of one shape (one compiled
+    program: the last block is padded with bad pixels of group ``n_group``)."""
+    n_pix = maps.shape[-1]
+    P = min(n_pix, max(-(-n_pix // _BLOCKS), _MIN_BLOCK))
+    group = np.asarray(group)
+    bad = np.asarray(bad)
+    for a in range(0, n_pix, P):
+        b = min(a + P, n_pix)
+        x, bad_b, group_b = maps[..., a:b], bad[a:b], group[a:b]
+        if b - a < P:
+            pad = P - (b - a)
+            x = np.concatenate([x, np.zeros(x.shape[:-1] + (pad,), x.dtype)], -1)
+            bad_b = np.concatenate([bad_b, np.ones(pad, bool)])
+            group_b = np.concatenate([group_b, np.full(pad, n_group, group_b.dtype)])
+        yield a, b, x, bad_b, group_b
 
 
 @eqx.filter_jit
@@ -686,11 +701,11 @@ _BLOCKS = 16  # the maps are read in about this many blocks: a block is all the 
 _MIN_BLOCK = 4096  # pixels: smaller maps are one block
 
 
-def _blocks(maps, bad, layout: _Layout):
+def _chunk_blocks(maps, bad, layout: _Layout):
     """The maps ``(n_freq, S, n_pix)`` (host, as given) read in blocks of whole chunks of
     the layout (:class:`_Layout`), each gathered on the host: yields ``x (f, S, B*K)``,
-    ``drop (B*K,)`` (bad pixels and padding), the pixel of each slot ``src (B*K,)`` (n_pix
-    for padding) and the group of each chunk ``(B,)`` (``n_group`` for padding chunks).
+    ``drop (B*K,)`` (bad pixels and padding) and the group of each chunk ``(B,)``
+    (``n_group`` for padding chunks).
     All the blocks have the same shape (one compiled program); the device never holds
     more than a block of the data (a whole copy on the device would be 1x the input)."""
     n_pix = maps.shape[-1]
@@ -710,7 +725,7 @@ def _blocks(maps, bad, layout: _Layout):
         idx = np.minimum(src, n_pix - 1)
         x = np.take(maps, idx, axis=-1)
         drop = (src >= n_pix) | bad[idx]
-        yield x, drop, src, cg
+        yield x, drop, cg
 
 
 def _whitened_block(x, drop, pw, K: int):
@@ -734,10 +749,10 @@ def _block_covariance(x, drop, pw, chunk_group, classes, C, K: int):
 
 def _fit_covariance(maps, bad, pw, layout: _Layout, classes):
     """Per group and Stokes class, the sum of the outer products of the prewhitened data
-    ``(n_group, n_class, f, f)``: the maps read once, block by block (:func:`_blocks`)."""
+    ``(n_group, n_class, f, f)``: the maps read once, block by block (:func:`_chunk_blocks`)."""
     n_freq = maps.shape[0]
     C = jnp.zeros((layout.n_group + 1, len(classes), n_freq, n_freq), pw.dtype)
-    for x, drop, _, cg in _blocks(maps, bad, layout):
+    for x, drop, cg in _chunk_blocks(maps, bad, layout):
         previous = C
         C = _block_covariance(x, drop, pw, cg, classes=classes, C=C, K=layout.K)
         previous.block_until_ready()  # two blocks in flight at most: dispatch is async
@@ -931,7 +946,7 @@ def basic_comp_sep(
                 setup, invN, group, n_group, X0, lo, hi, minimize_kwargs
             )
     s, chi, chi_dB, inv, F = _fast_outputs(
-        mm, setup.freqs, pw_j, theta, setup.maps, setup.bad, layout
+        mm, setup.freqs, pw_j, theta, setup.maps, setup.bad, group, n_group
     )
     inv = np.asarray(inv)
     if not setup.has_stokes:
@@ -1169,7 +1184,7 @@ def adaptive_comp_sep(
     x = np.asarray(x, dtype=float)
     theta = jnp.asarray(x)[jnp.asarray(gidx)]
     s, chi, _, inv, H = _fast_outputs(
-        mm, setup.freqs, pw_j, theta, setup.maps, setup.bad, layout, want_chi_dB=False
+        mm, setup.freqs, pw_j, theta, setup.maps, setup.bad, group, n_group, want_chi_dB=False
     )
     inv = np.asarray(inv)
     inv = inv[group] if setup.has_stokes else inv[group, 0]

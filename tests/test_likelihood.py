@@ -354,6 +354,13 @@ def test_batched_newton_solves_independent_problems():
     X, done, nit = batched_newton(vgh, X0, lo, hi, 200, tol=1e-20)
     np.testing.assert_allclose(X, centres, atol=1e-8)
     assert bool(jnp.all(done)) and int(nit.max()) < 200
+    # the default tol (decrement 1e-4): the last plain Newton step is taken without another
+    # evaluation, and it leaves a decrement far below tol (quadratic convergence)
+    X_tol, done_tol, nit_tol = batched_newton(vgh, X0, lo, hi, 200)
+    _, g, H = vgh(X_tol)
+    decrement = jnp.einsum("bi,bi->b", g, jnp.linalg.solve(H, g[..., None])[..., 0])
+    assert bool(jnp.all(decrement < 1e-7)), decrement
+    assert bool(jnp.all(done_tol)) and bool(jnp.all(nit_tol < nit))
     # a bound that excludes the minimum: the solution sits on it
     X, done, _ = batched_newton(vgh, X0, jnp.array([-jnp.inf, 1.5]), hi, 200, tol=1e-20)
     assert bool(jnp.all(X[:, 1] >= 1.5))

@@ -319,7 +319,7 @@ def test_maps_read_in_blocks_give_the_same_separation(monkeypatch):
     monkeypatch.setattr(_recipes, "_MIN_BLOCK", 1)
     monkeypatch.setattr(_recipes, "_BLOCKS", 7)  # blocks of a few chunks, the last one padded
     layout = _recipes._grouping(ids, 4)
-    assert len(list(_recipes._blocks(data, np.zeros(n_pix, bool), layout))) > 1
+    assert len(list(_recipes._chunk_blocks(data, np.zeros(n_pix, bool), layout))) > 1
     blocks = fgjax.adaptive_comp_sep(comps, inst, data, [ids, ids, ids])
     basic_blocks = fgjax.basic_comp_sep(comps, inst, data, nside=1)
     for a, b in ((whole, blocks), (basic_whole, basic_blocks)):
