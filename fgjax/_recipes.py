@@ -494,15 +494,17 @@ def _directional_fisher(loglike, n_param, dtype):
 @eqx.filter_jit
 def _group_operators(mm, freqs, pw, theta):
     """Per group and Stokes, at ``theta``: the prewhitened ``A`` (n_group, S, f, c),
-    ``invAtNA`` (n_group, S, c, c), ``W = invAtNA A^T`` (n_group, S, c, f) and the
-    prewhitened column derivatives ``a_i`` (n_group, S, n_param, f) (None without
-    parameters)."""
+    ``invAtNA`` (n_group, S, c, c), ``W = invAtNA A^T`` (n_group, S, c, f), the
+    prewhitened column derivatives ``a_i`` (n_group, S, n_param, f) and their unit
+    vectors (both None without parameters)."""
     A, A_dB, _ = mm.taylor(freqs, theta, second=False)
     Aw = pw[None, :, :, None] * A[:, None]
     inv = invAtNA(Aw, None, throw=False)
     W = jnp.einsum("gscC,gsfC->gscf", inv, Aw)
-    aw = None if mm.n_param == 0 else pw[None, :, None] * A_dB[:, None]
-    return Aw, inv, W, aw
+    if mm.n_param == 0:
+        return Aw, inv, W, None, None
+    aw = pw[None, :, None] * A_dB[:, None]
+    return Aw, inv, W, aw, aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))
 
 
 @partial(jax.jit, static_argnames=("cols", "want_chi_dB"))  # plain jit: called per block
@@ -520,19 +522,18 @@ def _block_outputs(x, bad, group, pw, ops, cols, S_g, want_chi_dB: bool):
         ``s`` (P, S, c), ``chi`` (P, S, f), ``chi_dB`` (n_param, P, S) or None, and the
         updated ``S_g``.
     """
-    Aw, _, W, aw = ops
-    d = jnp.where(bad[:, None, None], 0, jnp.transpose(x, (2, 1, 0)) * pw[None])  # (P, S, f)
+    Aw, _, W, _, unit = ops
+    d = _whitened(x, bad, pw)  # (P, S, f)
     n_comp = Aw.shape[-1]
     W_p = W[group]  # (P, S, c, f); padding pixels (group n_group) clip to a group
     s = jnp.stack([jnp.sum(W_p[..., c, :] * d, axis=-1) for c in range(n_comp)], -1)
     A_p = Aw[group]  # (P, S, f, c)
     chi = d - sum(A_p[..., c] * s[..., c, None] for c in range(n_comp))
     S_g = S_g.at[group].add(s[..., :, None] * s[..., None, :])
-    if not want_chi_dB or aw is None:
+    if not want_chi_dB or unit is None:
         return s, chi, None, S_g
-    unit = aw / jnp.sqrt(jnp.sum(aw * aw, axis=-1, keepdims=True))  # (n_group, S, P, f)
     unit_p = unit[group]  # (P, S, n_param, f)
-    proj = jnp.stack([jnp.sum(chi * unit_p[:, :, i], axis=-1) for i in range(aw.shape[2])])
+    proj = jnp.stack([jnp.sum(chi * unit_p[:, :, i], axis=-1) for i in range(unit.shape[2])])
     sign = jnp.sign(jnp.moveaxis(s[..., jnp.asarray(cols)], -1, 0))  # (n_param, P, S)
     return s, chi, proj * sign, S_g
 
@@ -541,7 +542,7 @@ def _block_outputs(x, bad, group, pw, ops, cols, S_g, want_chi_dB: bool):
 def _fisher_from_sums(mm, ops, S_g):
     """fgbuster's Fisher matrix (``fisher_logL_dB_dB`` at the separated ``s``) per group,
     from each group's ``sum s s^T``."""
-    Aw, _, _, aw = ops
+    Aw, _, _, aw, _ = ops
     comp = tuple(mm.comp_of_param)
     return jax.vmap(lambda A_, a_, S_: fisher_from_amplitude_covariance(A_, a_, comp, S_))(
         Aw, aw, S_g
@@ -728,12 +729,10 @@ def _chunk_blocks(maps, bad, layout: _Layout):
         yield x, drop, cg
 
 
-def _whitened_block(x, drop, pw, K: int):
-    """A block of raw data ``(f, S, B*K)`` prewhitened in the chunked layout
-    ``(B, K, S, f)``, zero at dropped slots (traced)."""
-    x = jnp.where(drop, 0, x)
-    x = jnp.transpose(x, (2, 1, 0)) * pw[None]
-    return x.reshape((-1, K) + x.shape[1:])
+def _whitened(x, drop, pw):
+    """A block of raw data ``(f, S, N)`` prewhitened and pixel-major ``(N, S, f)``, zero
+    at dropped pixels (traced)."""
+    return jnp.where(drop[:, None, None], 0, jnp.transpose(x, (2, 1, 0)) * pw[None])
 
 
 @partial(jax.jit, static_argnames=("classes", "K"))  # plain jit: called per block
@@ -741,7 +740,8 @@ def _block_covariance(x, drop, pw, chunk_group, classes, C, K: int):
     """Adds one block's per-group, per-Stokes-class (:func:`_stokes_classes`) sum of the
     outer products of the prewhitened data to ``C`` (n_group + 1, n_class, f, f), the last
     row collecting the padding chunks."""
-    d = _whitened_block(x, drop, pw, K)
+    d = _whitened(x, drop, pw)
+    d = d.reshape((-1, K) + d.shape[1:])  # (B, K, S, f): chunks
     Cb = jnp.einsum("nksf,nksg->nsfg", d, d)
     Cb = jnp.stack([sum(Cb[:, i] for i in idx) for idx in classes], 1)
     return C.at[chunk_group].add(Cb)
