@@ -62,6 +62,7 @@ from ._likelihood import (
 )
 from ._mixing import MixingMatrix
 from ._optimize import (
+    JointAlgebra,
     batched_newton,
     newton_iterate,
     newton_result,
@@ -437,25 +438,25 @@ def _fit_patches_in_rounds(mm, freqs, pw, C, X0, lo, hi, maxiter: int):
     return to_reciprocal(X, recip), done, nit
 
 
-def _joint_vgh(group_vgh, gidx, n_x, x):
-    """Value, gradient, Hessian of ``sum_g f_g(x[gidx[g]])`` in the joint x, from the
-    per-group ``group_vgh(theta) -> (f, g, H)``."""
-    f, g, H = group_vgh(x[gidx])  # theta: (n_group, n_param)
-    g_x = jnp.zeros((n_x,), x.dtype).at[gidx].add(g)
-    H_x = jnp.zeros((n_x, n_x), x.dtype).at[gidx[:, :, None], gidx[:, None, :]].add(H)
-    return jnp.sum(f), g_x, H_x
-
-
 @eqx.filter_jit
-def _fit_joint_fast(mm, freqs, pw, C, gidx, x0, lo, hi, maxiter, recip):
-    """One joint fit of all the cluster values (fast path)."""
+def _fit_joint_fast(mm, freqs, pw, C, algebra, gidx, x0, lo, hi, maxiter, recip):
+    """One joint fit of all the cluster values (fast path): ``-logL = sum_g f_g(x[gidx[g]])``
+    over the groups, with the Hessian kept as the groups' blocks (:class:`JointAlgebra`).
+
+    ``recip`` flags per parameter the ones fitted in ``1/x`` (applied per group, which by
+    the chain rule is the same as in ``x``: each cluster value is one coordinate);
+    ``x0``, ``lo``, ``hi`` are in those coordinates.
+    """
     n_x = x0.shape[0]
+    group_vgh = reciprocal_vgh(partial(_fast_vgh, mm, freqs, pw, C), recip)
 
     def vgh(X):
-        f, g, H = _joint_vgh(partial(_fast_vgh, mm, freqs, pw, C), gidx, n_x, X[0])
-        return f[None], g[None], H[None]
+        f, g, H = group_vgh(X[0][gidx])  # per group: (n_group,), (n_group, n_param), ...
+        g_x = jnp.zeros((n_x,), X.dtype).at[gidx].add(g)
+        return jnp.sum(f)[None], g_x[None], H[None]
 
-    X, done, nit = batched_newton(vgh, x0[None], lo, hi, maxiter, reciprocal=recip)
+    state = newton_start(vgh, x0[None], lo, hi, algebra)
+    X, done, nit = newton_result(newton_iterate(vgh, state, lo, hi, maxiter, algebra=algebra))
     return X[0], done[0], nit[0]
 
 
@@ -1051,6 +1052,52 @@ def _checkpoint_start(checkpoint: dict, n_x: int):
     return x0, last
 
 
+def _joint_sigma(F: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The inverse of the joint Fisher matrix ``F`` over the ``keep`` values (one dense
+    inverse, no other copy of that size when all are kept); ``UNSEEN`` in the rows and
+    columns of the others and wherever the inverse is not finite (singular)."""
+    all_kept = bool(keep.all())
+    sub = F if all_kept else F[np.ix_(keep, keep)]
+    with np.errstate(all="ignore"):
+        try:
+            inv = np.linalg.inv(sub)
+        except np.linalg.LinAlgError:
+            inv = np.full_like(sub, UNSEEN)
+    inv[~np.isfinite(inv)] = UNSEEN
+    if all_kept:
+        return inv
+    Sigma = np.full(F.shape, UNSEEN)
+    Sigma[np.ix_(keep, keep)] = inv
+    return Sigma
+
+
+def _cells(ids, n_clusters):
+    """The groups of pixels sharing a cluster for every parameter: ``(cells, group)``, the
+    clusters of each group ``(n_group, n_param)`` (in lexicographic order) and the group of
+    each pixel ``(n_pix,)``.
+
+    Each pixel's combination is one integer (mixed radix over the cluster counts), so this
+    works on one ``(n_pix,)`` array: by a table of the possible combinations when there are
+    few, else by sorting the integers.
+    """
+    dims = tuple(int(n) for n in n_clusters)
+    n_pix = ids[0].shape[0]
+    if float(np.prod(np.asarray(dims, dtype=float))) >= 2.0**62:  # does not fit in int64
+        cells, group = np.unique(np.stack(ids, axis=1), axis=0, return_inverse=True)
+        return cells, group.reshape(-1)
+    key = np.ravel_multi_index(tuple(ids), dims)
+    n_keys = int(np.prod(dims, dtype=np.int64))
+    if n_keys <= 4 * n_pix:
+        present = np.zeros(n_keys, bool)
+        present[key] = True
+        rank = np.cumsum(present) - 1
+        group = rank[key]
+        keys = np.flatnonzero(present)
+    else:
+        keys, group = np.unique(key, return_inverse=True)
+    return np.stack(np.unravel_index(keys, dims), axis=1), group.reshape(-1)
+
+
 def _delegate_joint(setup, pw_j, combos, x0, lo, hi, kwargs):
     """Joint fit of the cluster values with :func:`fgjax._optimize.comp_sep`."""
     from ._optimize import comp_sep
@@ -1112,9 +1159,8 @@ def adaptive_comp_sep(
     n_clusters = [int(i.max()) + 1 for i in ids]
     offsets = np.concatenate(([0], np.cumsum(n_clusters)[:-1])).astype(np.int64)
     n_x = int(np.sum(n_clusters))
-    combos = np.stack(ids, axis=1) + offsets[None, :]  # (n_pix, n_param) into x
-    gidx, group = np.unique(combos, axis=0, return_inverse=True)
-    group = group.reshape(-1)
+    gidx, group = _cells(ids, n_clusters)
+    gidx = gidx + offsets[None, :]  # (n_group, n_param) into x
     n_group = gidx.shape[0]
     dtype = setup.maps.dtype
     pw = _prewhitening(setup)
@@ -1145,13 +1191,23 @@ def adaptive_comp_sep(
         if loaded is not None:
             x0 = np.asarray(loaded, dtype=dtype)
             maxiter = max(maxiter - start, 0)
-    args = (mm, setup.freqs, pw_f, C, jnp.asarray(gidx))
-    bounds = (jnp.asarray(lo), jnp.asarray(hi))
-    recip = reciprocal_mask(np.repeat(mm.reciprocal, n_clusters), x0, lo, hi)
+    # 1/x per parameter: for all its clusters (each cluster value is one coordinate)
+    recip_x = reciprocal_mask(np.repeat(mm.reciprocal, n_clusters), x0, lo, hi)
+    recip = tuple(bool(all(recip_x[o : o + n])) for o, n in zip(offsets, n_clusters, strict=True))
+    recip_x = tuple(np.repeat(recip, n_clusters).tolist())
+    lo_u, hi_u = (jnp.asarray(b) for b in reciprocal_bounds(lo, hi, recip_x))
+
+    def fit_joint(x, n_iter):  # in x, whatever the fit's coordinates
+        algebra = JointAlgebra.build(gidx, n_clusters)
+        args = (mm, setup.freqs, pw_f, C, algebra, jnp.asarray(gidx))
+        x_u = to_reciprocal(jnp.asarray(x, dtype), recip_x)
+        x_u, done, k = _fit_joint_fast(*args, x_u, lo_u, hi_u, jnp.asarray(n_iter), recip)
+        return to_reciprocal(x_u, recip_x), done, k
+
     if minimize_method(kwargs) not in _NEWTON:
         if checkpoint is not None:
             raise ValueError("`checkpoint` is supported with the default (Newton) fit only.")
-        x, done, nit = _delegate_joint(setup, pw_j, combos, x0, lo, hi, kwargs)
+        x, done, nit = _delegate_joint(setup, pw_j, gidx[group], x0, lo, hi, kwargs)
     elif checkpoint is None and np.all(np.bincount(gidx.ravel(), minlength=n_x) <= 1):
         # Every cluster value belongs to a single group (e.g. equal nsides for all the
         # parameters): independent problems, fitted per group with their own step control.
@@ -1169,7 +1225,7 @@ def adaptive_comp_sep(
         x[gidx] = np.asarray(X)
         done, nit = bool(np.all(np.asarray(done_g))), int(np.max(np.asarray(nit_g)))
     elif checkpoint is None:
-        x, done, nit = _fit_joint_fast(*args, jnp.asarray(x0), *bounds, jnp.asarray(maxiter), recip)
+        x, done, nit = fit_joint(x0, maxiter)
         nit = int(nit)
     else:
         delta = max(int(checkpoint.get("delta", 1)), 1)
@@ -1177,7 +1233,7 @@ def adaptive_comp_sep(
         x, done, nit = jnp.asarray(x0), False, 0
         while nit < maxiter and not done:  # host loop over checkpoints, not over pixels
             step = min(delta, maxiter - nit)
-            x, done, k = _fit_joint_fast(*args, x, *bounds, jnp.asarray(step), recip)
+            x, done, k = fit_joint(x, step)
             nit += int(k) if bool(done) else step
             done = bool(done)
             np.save(os.path.join(odir, f"iter_{start + nit}.npy"), np.asarray(x))
@@ -1198,10 +1254,7 @@ def adaptive_comp_sep(
             for i, n in zip(ids, n_clusters, strict=False)
         ]
     )
-    keep = ~empty
-    Sigma = np.full((n_x, n_x), UNSEEN)
-    sub = _safe_inverse(F[np.ix_(keep, keep)][None])[0]
-    Sigma[np.ix_(keep, keep)] = np.where(np.isfinite(sub), sub, UNSEEN)
+    Sigma = _joint_sigma(F, ~empty)
     F[empty, :] = UNSEEN
     F[:, empty] = UNSEEN
     x_out = x.copy()

@@ -333,3 +333,17 @@ def test_maps_read_in_blocks_give_the_same_separation(monkeypatch):
         np.testing.assert_allclose(a.Sigma, b.Sigma, rtol=1e-8)
     for a, b in zip(basic_whole.chi_dB, basic_blocks.chi_dB, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dims", [(7, 3, 1), (50, 40, 30), (2**40, 2**30, 3)])
+def test_cells_of_cluster_maps_match_unique_rows(dims):
+    """The groups of pixels sharing every cluster (a table of combinations, a sort of
+    mixed-radix keys, or rows beyond int64) are numpy's unique rows, in the same order."""
+    from fgjax._recipes import _cells
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(0, min(n, 60), 3000) for n in dims]
+    cells, group = _cells(ids, dims)
+    ref, inverse = np.unique(np.stack(ids, axis=1), axis=0, return_inverse=True)
+    np.testing.assert_array_equal(cells, ref)
+    np.testing.assert_array_equal(group, inverse.reshape(-1))
