@@ -47,6 +47,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 from . import _healpix as hpx
 from ._bandpass import as_frequencies
@@ -1080,16 +1081,20 @@ def _checkpoint_start(checkpoint: dict, n_x: int):
 
 
 def _joint_sigma(F: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The inverse of the joint Fisher matrix ``F`` over the ``keep`` values (one dense
-    inverse, no other copy of that size when all are kept); ``UNSEEN`` in the rows and
-    columns of the others and wherever the inverse is not finite (singular)."""
+    """The inverse of the joint Fisher matrix ``F`` over the ``keep`` values; ``UNSEEN``
+    in the rows and columns of the others and wherever the inverse is not finite
+    (singular). The inverse is computed in place in one copy of ``F`` (LAPACK's LU
+    factorisation and inverse, ``getrf`` and ``getri``): ``numpy.linalg.inv`` would hold
+    two more matrices of that size. The C-ordered copy is passed transposed (a Fortran
+    array, which LAPACK works on in place), and the inverse of the transpose is transposed
+    back."""
     all_kept = bool(keep.all())
-    sub = F if all_kept else F[np.ix_(keep, keep)]
-    with np.errstate(all="ignore"):
-        try:
-            inv = np.linalg.inv(sub)
-        except np.linalg.LinAlgError:
-            inv = np.full_like(sub, UNSEEN)
+    sub = F.copy() if all_kept else F[np.ix_(keep, keep)]
+    getrf, getri = scipy.linalg.lapack.get_lapack_funcs(("getrf", "getri"), (sub,))
+    lu, piv, info = getrf(sub.T, overwrite_a=True)
+    if info == 0:
+        lu, info = getri(lu, piv, overwrite_lu=True)
+    inv = lu.T if info == 0 else np.full_like(sub, UNSEEN)
     inv[~np.isfinite(inv)] = UNSEEN
     if all_kept:
         return inv
@@ -1289,7 +1294,7 @@ def adaptive_comp_sep(
     xs = [x_out[o : o + n] for o, n in zip(offsets, n_clusters, strict=False)]
     x_map = []
     for xi, i in zip(xs, ids, strict=False):
-        m = xi[i].copy()
+        m = xi[i]  # a new array (fancy indexing)
         m[setup.bad] = UNSEEN
         x_map.append(m)
     return SeparationResult(

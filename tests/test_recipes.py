@@ -347,3 +347,40 @@ def test_cells_of_cluster_maps_match_unique_rows(dims):
     ref, inverse = np.unique(np.stack(ids, axis=1), axis=0, return_inverse=True)
     np.testing.assert_array_equal(cells, ref)
     np.testing.assert_array_equal(group, inverse.reshape(-1))
+
+
+def test_joint_sigma_inverts_the_kept_values_in_place():
+    """The joint Sigma is the inverse of the Fisher matrix over the kept values (UNSEEN
+    rows and columns elsewhere), for an unsymmetric matrix too, and all UNSEEN when that
+    matrix is singular."""
+    from fgjax._recipes import _joint_sigma
+
+    rng = np.random.default_rng(1)
+    F = rng.normal(size=(6, 6)) + 6.0 * np.eye(6)
+    F_before = F.copy()
+    np.testing.assert_allclose(_joint_sigma(F, np.ones(6, bool)), np.linalg.inv(F), rtol=1e-12)
+    np.testing.assert_array_equal(F, F_before)  # the caller's matrix is left as it was
+    keep = np.array([True, False, True, True, False, True])
+    Sigma = _joint_sigma(F, keep)
+    np.testing.assert_allclose(Sigma[np.ix_(keep, keep)], np.linalg.inv(F[np.ix_(keep, keep)]),
+                               rtol=1e-12)  # fmt: skip
+    assert np.all(Sigma[~keep] == UNSEEN) and np.all(Sigma[:, ~keep] == UNSEEN)
+    singular = np.ones((3, 3))
+    assert np.all(_joint_sigma(singular, np.ones(3, bool)) == UNSEEN)
+
+
+def test_bad_pixels_of_maps_and_masked_arrays():
+    """A pixel is bad when any frequency or Stokes entry is UNSEEN (or masked)."""
+    from fgjax._healpix import bad_pixels
+
+    rng = np.random.default_rng(2)
+    maps = rng.normal(size=(4, 3, 48))
+    maps[2, 1, 5] = UNSEEN
+    maps[0, 0, 40] = UNSEEN
+    expected = np.zeros(48, bool)
+    expected[[5, 40]] = True
+    np.testing.assert_array_equal(bad_pixels(maps), expected)
+    np.testing.assert_array_equal(bad_pixels(maps[:, 0]), np.arange(48) == 40)
+    masked = np.ma.masked_equal(maps, UNSEEN)
+    np.testing.assert_array_equal(bad_pixels(masked), expected)
+    np.testing.assert_array_equal(bad_pixels(np.ma.MaskedArray(maps[:, 0])), np.zeros(48, bool))
