@@ -92,10 +92,12 @@ def as_maps(data, name: str = "data", min_ndim: int = 2) -> tuple[np.ndarray, np
 def bad_pixels(maps) -> np.ndarray:
     """Pixels where any entry is ``UNSEEN`` or masked; shape ``(n_pix,)``, True = bad."""
     if np.ma.isMaskedArray(maps):
-        mask = np.ma.getmaskarray(maps)
-    else:
-        mask = np.asarray(maps) == UNSEEN
-    return np.any(mask, axis=tuple(range(np.ndim(maps) - 1)))
+        return np.any(np.ma.getmaskarray(maps), axis=tuple(range(np.ndim(maps) - 1)))
+    maps = np.asarray(maps)
+    bad = np.zeros(maps.shape[-1:], dtype=bool)
+    for index in np.ndindex(maps.shape[:-1]):  # one map at a time: no mask of the data's size
+        bad |= maps[index] == UNSEEN
+    return bad
 
 
 def check_nside_of_npix(n_pix: int, name: str = "data") -> int:
@@ -160,7 +162,7 @@ def check_patch_ids(patch_ids, n_pix: int, name: str = "patch_ids") -> np.ndarra
             raise TypeError(f"`{name}` must hold integers; got dtype {ids.dtype}.")
     if ids.size and ids.min() < 0:
         raise ValueError(f"`{name}` must be non-negative; got minimum {ids.min()}.")
-    return ids.astype(np.int64)
+    return ids.astype(np.int64, copy=False)  # read only: the caller's array when int64
 
 
 def relabel(ids: np.ndarray, n_patch: int | None = None) -> tuple[np.ndarray, int]:

@@ -703,9 +703,10 @@ def _grouping(group: np.ndarray, n_group: int) -> _Layout:
         chunks[0] = 1
     first_chunk = np.concatenate(([0], np.cumsum(chunks)[:-1]))
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    g_sorted = group[order]
-    pos = np.arange(group.size) - starts[g_sorted]
-    slot = (first_chunk[g_sorted] + pos // K) * K + pos % K
+    # the i-th pixel in group order sits at position i - starts[g] of its group g, that is
+    # at slot first_chunk[g] * K + i - starts[g] (a group's chunks are consecutive)
+    slot = np.take(first_chunk * K - starts, group[order])
+    slot += np.arange(group.size, dtype=slot.dtype)
     src = np.full(int(chunks.sum()) * K, group.size, dtype=slot.dtype)
     src[slot] = order
     chunk_group = np.repeat(np.arange(n_group), chunks)
