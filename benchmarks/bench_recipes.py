@@ -38,6 +38,9 @@ INSTRUMENT = {"frequency": NU, "depth_i": DEPTH_P / 2**0.5, "depth_p": DEPTH_P}
 COMPONENTS = (fgjax.CMB(), fgjax.Dust(nu0=353.0), fgjax.Synchrotron(nu0=30.0))
 
 
+MEMORY_CALLS = 5  # warm calls whose working memory is measured
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -105,10 +108,19 @@ def bench(label, call, data, repeat):
     first = time.perf_counter() - t0
     times = timeit.repeat(call, number=1, repeat=repeat)
     warm = float(np.median(times))
-    work = working_memory_mb(call)
+    # the heap keeps some freed memory from call to call, so one figure varies by ~0.3x
+    # of the input: the median and range of a few calls
+    works = [working_memory_mb(call) for _ in range(MEMORY_CALLS)]
     nit = np.asarray(res.nit)
     size = data.nbytes / 2**20
-    work_txt = "n/a" if work is None else f"{work:.0f} MB = {work / size:.1f}x input"
+    if None in works:
+        work_txt = "n/a"
+    else:
+        work = float(np.median(works))
+        work_txt = (
+            f"{work:.0f} MB = {work / size:.2f}x input (median of {MEMORY_CALLS} calls, "
+            f"{min(works) / size:.2f}x to {max(works) / size:.2f}x)"
+        )
     print(
         f"{label:42s} first {first:7.2f} s  warm {warm * 1e3:8.1f} ms  "
         f"(compile+trace ~{first - warm:6.2f} s)  Newton iterations max {nit.max()} "
