@@ -697,6 +697,13 @@ def _solve(F, g):
     return jax.scipy.linalg.solve_triangular(F, y, lower=True, trans=1)[..., 0]
 
 
+def _floored_abs(e):
+    """Magnitudes of eigenvalues ``e`` (last axis) floored at 1e-12 of the largest: the
+    spectrum of a positive definite (saddle-free) metric."""
+    scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True, initial=0.0)
+    return jnp.maximum(jnp.abs(e), 1e-12 * scale + jnp.finfo(e.dtype).tiny)
+
+
 def _metric_and_decrement(g, H):
     """Per problem: the positive definite Newton metric (``H`` where it is positive
     definite, else its saddle-free form ``V |e| V^T``, eigenvalue magnitudes floored at
@@ -711,9 +718,7 @@ def _metric_and_decrement(g, H):
 
     def saddle_free(_):
         e, V = jnp.linalg.eigh(H)
-        scale = jnp.max(jnp.abs(e), axis=-1, keepdims=True)
-        e_abs = jnp.maximum(jnp.abs(e), 1e-12 * scale + jnp.finfo(H.dtype).tiny)
-        fixed = jnp.einsum("bij,bj,bkj->bik", V, e_abs, V)
+        fixed = jnp.einsum("bij,bj,bkj->bik", V, _floored_abs(e), V)
         Hp = jnp.where(positive[:, None, None], H, fixed)
         return Hp, _factor(Hp)
 
@@ -747,12 +752,6 @@ class _DenseAlgebra:
 
 
 _DENSE = _DenseAlgebra()
-
-
-def _floored_abs(e, dtype):
-    """Eigenvalue magnitudes floored at 1e-12 of the largest (a positive definite metric)."""
-    scale = jnp.max(jnp.abs(e), initial=0.0)
-    return jnp.maximum(jnp.abs(e), 1e-12 * scale + jnp.finfo(dtype).tiny)
 
 
 class JointAlgebra(eqx.Module):
@@ -840,10 +839,10 @@ class JointAlgebra(eqx.Module):
         positive = jnp.all(D > 0) & jnp.all(jnp.isfinite(L))
 
         def fixed(_):
-            D_abs = _floored_abs(D, D.dtype)
+            D_abs = _floored_abs(D)
             S_abs = self._schur(D_abs, B, R)
             e, V = jnp.linalg.eigh(S_abs)
-            S_fix = (V * _floored_abs(e, D.dtype)[None, :]) @ V.T
+            S_fix = (V * _floored_abs(e)[None, :]) @ V.T
             return (D_abs, B, S_fix + (R - S_abs)), (D_abs, B, jnp.linalg.cholesky(S_fix))
 
         Hp, F = jax.lax.cond(positive, lambda _: ((D, B, R), (D, B, L)), fixed, None)
