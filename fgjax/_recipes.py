@@ -1230,11 +1230,14 @@ def adaptive_comp_sep(
     recip_x = tuple(np.repeat(recip, n_clusters).tolist())
     lo_u, hi_u = (jnp.asarray(b) for b in reciprocal_bounds(lo, hi, recip_x))
 
-    def fit_joint(x, n_iter):  # in x, whatever the fit's coordinates
+    @functools.cache  # built by the first joint fit only, then shared by the checkpoints
+    def joint_args():
         algebra = JointAlgebra.build(gidx, n_clusters)
-        args = (mm, setup.freqs, pw_f, C, algebra, jnp.asarray(gidx))
+        return mm, setup.freqs, pw_f, C, algebra, jnp.asarray(gidx)
+
+    def fit_joint(x, n_iter):  # in x, whatever the fit's coordinates
         x_u = to_reciprocal(jnp.asarray(x, dtype), recip_x)
-        x_u, done, k = _fit_joint_fast(*args, x_u, lo_u, hi_u, jnp.asarray(n_iter), recip)
+        x_u, done, k = _fit_joint_fast(*joint_args(), x_u, lo_u, hi_u, jnp.asarray(n_iter), recip)
         return to_reciprocal(x_u, recip_x), done, k
 
     if minimize_method(kwargs) not in _NEWTON:
